@@ -1,0 +1,3 @@
+from mrisr.cli import entry_point
+
+entry_point()

@@ -1,0 +1,224 @@
+"""The ``mrisr`` command line: thin, parses, calls the library, reports.
+
+Heavy modules (torch, nibabel, SimpleITK) are imported inside the commands so ``--help`` is
+instant. Every :class:`~mrisr.errors.MrisrError` becomes one line on stderr and exit code 2;
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from mrisr import __version__
+from mrisr.errors import ConfigError, GeometryError, InputError, MrisrError
+
+EXIT_USAGE = 2
+
+logger = logging.getLogger("mrisr")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other mrisr error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _factor(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise GeometryError(f"--factor must be an integer >= 2, got {text!r}") from None
+    if value < 2:
+        raise GeometryError(f"--factor must be an integer >= 2, got {value}")
+    return value
+
+
+def _axis(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if text not in ("0", "1", "2"):
+        raise GeometryError(f"--axis must be 0, 1 or 2, got {text!r}")
+    return int(text)
+
+
+def _positive_int(text: str, name: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
+    p.add_argument("--debug", action="store_true", help="log everything and show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mrisr", description="MRI super-resolution with Partial Diffusion Models.")
+    parser.add_argument("--version", action="version", version=f"mrisr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    up = sub.add_parser("upsample", help="upsample a volume in-plane or through-plane",
+                        description="Upsample a 3D MRI volume (NIfTI, NRRD, MHA or a DICOM folder) "
+                                    "and write NIfTI with the exact output geometry.")
+    up.add_argument("input", help="NIfTI / NRRD / MHA file or DICOM series folder")
+    up.add_argument("-o", "--output", help="output .nii.gz (default: <input stem>_sr.nii.gz in the current folder)")
+    up.add_argument("--plane", required=True, choices=["in", "through"],
+                    help="'in': the two in-plane axes; 'through': the slice axis")
+    up.add_argument("--factor", required=True, help="integer upsampling factor >= 2")
+    up.add_argument("--axis", help="slice axis 0, 1 or 2 (default: the axis with the largest spacing)")
+    up.add_argument("--series", help="SeriesInstanceUID when the DICOM folder holds several series")
+    up.add_argument("--method", default="bicubic", help="upsampling method: bicubic (default) or bspline")
+    up.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
+    up.add_argument("--batch-size", default="8", help="2D planes per batch (default: 8)")
+    up.add_argument("--seed", default="0", help="random seed of stochastic methods (default: 0)")
+    up.add_argument("--nonfinite", default="error", choices=["error", "zero"],
+                    help="NaN / Inf voxels: refuse the input (default) or replace them with 0")
+    up.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    up.add_argument("--report", help="write a JSON report of the run here")
+    _common(up)
+
+    info = sub.add_parser("info", help="print a volume's geometry and the grids upsampling would give")
+    info.add_argument("input", help="NIfTI / NRRD / MHA file or DICOM series folder")
+    info.add_argument("--series", help="SeriesInstanceUID when the DICOM folder holds several series")
+    info.add_argument("--factor", action="append", help="factor(s) to show (default: 2, 4 and the "
+                      "through-plane factor that makes voxels near-isotropic)")
+    info.add_argument("--axis", help="slice axis 0, 1 or 2 (default: the axis with the largest spacing)")
+    _common(info)
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.debug else (logging.ERROR if args.quiet else logging.WARNING)
+    logging.basicConfig(level=level, format="mrisr: %(levelname)s: %(message)s", stream=sys.stderr)
+
+
+def _fmt(values: Sequence[float], digits: int = 4) -> str:
+    return " x ".join(f"{v:.{digits}g}" for v in values)
+
+
+def cmd_upsample(args: argparse.Namespace) -> int:
+    factor = _factor(args.factor)
+    axis = _axis(args.axis)
+    batch_size = _positive_int(args.batch_size, "--batch-size")
+    try:
+        seed = int(args.seed)
+    except ValueError:
+        raise ConfigError(f"--seed must be an integer, got {args.seed!r}") from None
+
+    from mrisr.inference import get_method, resolve_device, upsample_volume
+    from mrisr.io import check_output_path, load_volume, output_stem, save_volume, write_json
+
+    get_method(args.method)
+    resolve_device(args.device)
+    src = Path(args.input)
+    if not src.exists():
+        raise InputError(f"input not found: {src}")
+    out = Path(args.output) if args.output else Path.cwd() / f"{output_stem(src.resolve())}_sr.nii.gz"
+    check_output_path(out, [src], overwrite=args.overwrite)
+    report = None
+    if args.report:
+        report = check_output_path(args.report, [src, out], overwrite=args.overwrite, suffixes=(".json",))
+        if Path(args.report).resolve() == out.resolve():
+            raise ConfigError("--report and --output name the same file")
+
+    volume = load_volume(src, series=args.series, nonfinite=args.nonfinite)
+    result = upsample_volume(volume, args.plane, factor, axis=axis, method=args.method,
+                             device=args.device, batch_size=batch_size, seed=seed,
+                             progress=not args.quiet)
+    save_volume(result.volume, out, overwrite=args.overwrite)
+    if report is not None:
+        write_json({"input": str(src), "output": str(out), **result.report()}, report)
+    if not args.quiet:
+        print(f"wrote {out} ({_fmt(result.plan.output_shape)} voxels of "
+              f"{_fmt(result.plan.output_spacing)} mm, {args.method}, {result.seconds:.1f} s)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    axis = _axis(args.axis)
+    factors = [_factor(f) for f in args.factor] if args.factor else None
+
+    from mrisr.geometry import plan_upsampling, slice_axis, voxel_spacing
+    from mrisr.io import load_volume
+
+    src = Path(args.input)
+    volume = load_volume(src, series=args.series, nonfinite="zero")
+    spacing = voxel_spacing(volume.affine)
+    s_axis = slice_axis(volume.affine) if axis is None else axis
+    meta = volume.metadata
+    lines = [
+        f"input:        {src}",
+        f"format:       {meta.get('format')} (stored as {meta.get('stored_dtype')})",
+    ]
+    if meta.get("series_uid"):
+        lines.append(f"series:       {meta['series_uid']} ({meta.get('series_description') or 'no description'})")
+    lines += [
+        f"shape:        {_fmt(volume.shape)}",
+        f"spacing mm:   {_fmt(spacing)}",
+        f"orientation:  {''.join(volume.orientation)} (direction each array axis points to, RAS world)",
+        f"slice axis:   {s_axis}" + (" (largest spacing)" if axis is None else " (--axis)"),
+        f"intensity:    {float(volume.data.min()):.6g} to {float(volume.data.max()):.6g}",
+        "affine (voxel -> RAS mm):",
+        *(f"  {row[0]:10.4f} {row[1]:10.4f} {row[2]:10.4f} {row[3]:10.4f}" for row in volume.affine),
+        "output grids:",
+    ]
+    others = [spacing[a] for a in range(3) if a != s_axis]
+    iso = max(2, round(float(spacing[s_axis] / min(others))))
+    for plane in ("in", "through"):
+        plane_factors = factors or sorted({2, 4} | ({iso} if plane == "through" else set()))
+        for f in plane_factors:
+            plan = plan_upsampling(volume.shape, volume.affine, plane, f, s_axis)
+            lines.append(f"  --plane {plane:<7} --factor {f}: shape {_fmt(plan.output_shape)}, "
+                         f"spacing {_fmt(plan.output_spacing)} mm, planes on axes {plan.plane_axes}")
+    if meta.get("nonfinite_replaced"):
+        lines.append(f"warning:      {meta['nonfinite_replaced']} NaN or Inf voxels (upsample refuses them "
+                     "unless --nonfinite zero)")
+    print("\n".join(lines))
+    return 0
+
+
+COMMANDS = {"upsample": cmd_upsample, "info": cmd_info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    _setup_logging(args)
+    try:
+        return COMMANDS[args.command](args)
+    except MrisrError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"mrisr: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mrisr: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug in mrisr, not bad input
+        if args.debug:
+            traceback.print_exc()
+        print(f"mrisr: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
+
+
+def entry_point() -> NoReturn:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,233 @@
+"""Plane and axis logic, and the geometry of an upsampled grid.
+
+Convention (cell-centred): upsampling an axis by an integer factor ``f`` splits every input
+voxel into ``f`` output voxels that tile the same physical extent, the input voxel's centre
+being the centre of its ``f`` children. The output covers exactly the same slab as the input.
+In the affine this means: divide the axis' column by ``f`` and move the origin by
+``-(f - 1) / (2 f)`` input voxels along that axis. Output voxel ``o`` along the axis sits at
+input index ``(o + 0.5) / f - 0.5`` -- the same mapping as ``torch.nn.functional.interpolate``
+with ``align_corners=False`` and ``scipy.ndimage.zoom`` with ``grid_mode=True``.
+
+Planes: ``in`` upsamples the two in-plane axes (all but the slice axis) on the 2D slices;
+``through`` upsamples the slice axis on 2D planes that hold the slice axis (as rows, ``H``) and
+the finest remaining axis (as columns, ``W``). The slice axis is the one with the largest
+spacing unless the caller names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, TypeVar, get_args
+
+import numpy as np
+
+from mrisr.errors import GeometryError
+
+__all__ = [
+    "Plane",
+    "PLANES",
+    "UpsamplingPlan",
+    "voxel_spacing",
+    "slice_axis",
+    "upsampled_affine",
+    "plan_upsampling",
+    "to_planes",
+    "from_planes",
+    "voxel_to_world",
+    "slab_bounds",
+    "check_factor",
+]
+
+Plane = Literal["in", "through"]
+PLANES: tuple[str, ...] = get_args(Plane)
+# Beyond this many output voxels (8 GiB of float32) the request is surely a mistake.
+MAX_OUTPUT_VOXELS = 2**31
+
+ArrayT = TypeVar("ArrayT")
+
+
+def voxel_spacing(affine: np.ndarray) -> np.ndarray:
+    """Voxel size (mm) along each array axis: the norms of the affine's first three columns."""
+    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+
+
+def slice_axis(affine: np.ndarray, rtol: float = 1e-3) -> int:
+    """The array axis with the largest spacing; among (near-)ties the last one.
+
+    Ties go to the last axis because DICOM and NIfTI stack slices along ``k``.
+    """
+    spacing = voxel_spacing(affine)
+    largest = spacing.max()
+    return int(max(i for i in range(3) if spacing[i] >= largest * (1.0 - rtol)))
+
+
+def check_factor(factor: object) -> int:
+    """Return ``factor`` as an int if it is an integer >= 2, else raise GeometryError."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)):
+        raise GeometryError(f"factor must be an integer >= 2, got {factor!r}")
+    if factor < 2:
+        raise GeometryError(f"factor must be an integer >= 2, got {factor}")
+    return int(factor)
+
+
+def upsampled_affine(affine: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+    """Affine of the cell-centred grid that splits each voxel into ``factors`` children.
+
+    Args:
+        affine: ``(4, 4)`` voxel-to-world map of the input.
+        factors: integer factor per array axis (1 leaves the axis alone).
+    """
+    out = np.array(affine, dtype=np.float64, copy=True)
+    for axis, f in enumerate(factors):
+        if f == 1:
+            continue
+        column = np.asarray(affine, dtype=np.float64)[:3, axis]
+        out[:3, 3] += column * (-(f - 1) / (2.0 * f))
+        out[:3, axis] = column / f
+    return out
+
+
+@dataclass(frozen=True)
+class UpsamplingPlan:
+    """Everything about how a volume is cut into planes and what grid comes out.
+
+    Attributes:
+        plane: ``"in"`` or ``"through"``.
+        factor: the integer upsampling factor.
+        slice_axis: the array axis treated as the slice (through-plane) axis.
+        plane_axes: the array axes of each 2D plane, as (rows ``H``, columns ``W``).
+        stack_axis: the array axis along which planes are stacked (one plane per index).
+        axis_factors: factor per array axis (1 where an axis is not upsampled).
+        input_shape, output_shape: array shapes before and after.
+        input_affine, output_affine: voxel-to-world maps before and after.
+    """
+
+    plane: Plane
+    factor: int
+    slice_axis: int
+    plane_axes: tuple[int, int]
+    stack_axis: int
+    axis_factors: tuple[int, int, int]
+    input_shape: tuple[int, int, int]
+    output_shape: tuple[int, int, int]
+    input_affine: np.ndarray
+    output_affine: np.ndarray
+
+    @property
+    def plane_factors(self) -> tuple[int, int]:
+        """Factor along the plane's rows and columns."""
+        return (self.axis_factors[self.plane_axes[0]], self.axis_factors[self.plane_axes[1]])
+
+    @property
+    def n_planes(self) -> int:
+        return self.input_shape[self.stack_axis]
+
+    @property
+    def input_spacing(self) -> tuple[float, ...]:
+        return tuple(float(s) for s in voxel_spacing(self.input_affine))
+
+    @property
+    def output_spacing(self) -> tuple[float, ...]:
+        return tuple(float(s) for s in voxel_spacing(self.output_affine))
+
+    def describe(self) -> dict:
+        """JSON-friendly summary (used by reports and ``mrisr info``)."""
+        return {
+            "plane": self.plane,
+            "factor": self.factor,
+            "slice_axis": self.slice_axis,
+            "plane_axes": list(self.plane_axes),
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
+            "input_spacing_mm": [round(s, 6) for s in self.input_spacing],
+            "output_spacing_mm": [round(s, 6) for s in self.output_spacing],
+            "output_affine": np.round(self.output_affine, 6).tolist(),
+        }
+
+
+def plan_upsampling(shape: tuple[int, ...], affine: np.ndarray, plane: Plane, factor: int,
+                    axis: int | None = None) -> UpsamplingPlan:
+    """Decide planes, axes and the output grid for upsampling a volume.
+
+    Args:
+        shape: the volume's array shape ``(I, J, K)``.
+        affine: its ``(4, 4)`` voxel-to-world map.
+        plane: ``"in"`` (the two in-plane axes) or ``"through"`` (the slice axis).
+        factor: integer factor >= 2.
+        axis: the slice axis; by default the axis with the largest spacing.
+
+    Raises:
+        GeometryError: unknown plane, factor not an integer >= 2, axis not 0, 1 or 2, or an
+            output too large to hold.
+    """
+    if plane not in PLANES:
+        raise GeometryError(f"plane must be one of {', '.join(PLANES)}, got {plane!r}")
+    factor = check_factor(factor)
+    if len(shape) != 3:
+        raise GeometryError(f"a 3D shape is needed, got {tuple(shape)}")
+    if axis is None:
+        s_axis = slice_axis(affine)
+    elif isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not 0 <= axis <= 2:
+        raise GeometryError(f"axis must be 0, 1 or 2, got {axis!r}")
+    else:
+        s_axis = int(axis)
+    others = [a for a in range(3) if a != s_axis]
+    spacing = voxel_spacing(affine)
+    if plane == "in":
+        plane_axes = (others[0], others[1])
+        stack = s_axis
+        axis_factors = tuple(1 if a == s_axis else factor for a in range(3))
+    else:
+        # The finest remaining axis carries the detail the model learns from; near-ties (within
+        # 0.1 %, float noise of oblique affines) go to the lower index.
+        finest = min(spacing[a] for a in others)
+        fine = min(a for a in others if spacing[a] <= finest * (1.0 + 1e-3))
+        plane_axes = (s_axis, fine)
+        stack = next(a for a in others if a != fine)
+        axis_factors = tuple(factor if a == s_axis else 1 for a in range(3))
+    out_shape = tuple(int(n) * f for n, f in zip(shape, axis_factors))
+    if int(np.prod(out_shape, dtype=np.int64)) > MAX_OUTPUT_VOXELS:
+        raise GeometryError(f"output shape {out_shape} is too large (over {MAX_OUTPUT_VOXELS} voxels); "
+                            "use a smaller factor")
+    return UpsamplingPlan(
+        plane=plane, factor=factor, slice_axis=s_axis, plane_axes=plane_axes, stack_axis=stack,
+        axis_factors=axis_factors,  # type: ignore[arg-type]
+        input_shape=tuple(int(n) for n in shape),  # type: ignore[arg-type]
+        output_shape=out_shape,  # type: ignore[arg-type]
+        input_affine=np.asarray(affine, dtype=np.float64),
+        output_affine=upsampled_affine(affine, axis_factors),  # type: ignore[arg-type]
+    )
+
+
+def to_planes(data: ArrayT, plan: UpsamplingPlan) -> ArrayT:
+    """Rearrange a volume ``(I, J, K)`` into a stack of planes ``(N, H, W)`` (numpy or torch)."""
+    order = (plan.stack_axis, *plan.plane_axes)
+    if hasattr(data, "permute"):
+        return data.permute(*order)  # type: ignore[attr-defined]
+    return np.transpose(data, order)  # type: ignore[return-value]
+
+
+def from_planes(planes: ArrayT, plan: UpsamplingPlan) -> ArrayT:
+    """Inverse of :func:`to_planes`: a stack ``(N, H, W)`` back to array axes ``(I, J, K)``."""
+    order = (plan.stack_axis, *plan.plane_axes)
+    inverse = tuple(int(i) for i in np.argsort(order))
+    if hasattr(planes, "permute"):
+        return planes.permute(*inverse)  # type: ignore[attr-defined]
+    return np.transpose(planes, inverse)  # type: ignore[return-value]
+
+
+def voxel_to_world(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
+    """World coordinates ``(..., 3)`` of voxel indices ``(..., 3)`` (fractional allowed)."""
+    ijk = np.asarray(ijk, dtype=np.float64)
+    return ijk @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+
+
+def slab_bounds(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """World coordinates of the two outer corners of the grid's extent (voxel edges, not centres).
+
+    Returns:
+        ``(2, 3)``: the corner at index ``(-0.5, -0.5, -0.5)`` and the one at ``shape - 0.5``.
+    """
+    lo = np.full(3, -0.5)
+    hi = np.asarray(shape, dtype=np.float64) - 0.5
+    return voxel_to_world(affine, np.stack([lo, hi]))

@@ -1,0 +1,461 @@
+"""Volumes in and out, each with its voxel-to-world affine.
+
+Every reader returns a :class:`Volume` whose ``affine`` maps voxel indices ``(i, j, k, 1)`` to
+world coordinates in RAS millimetres (the NIfTI convention), whatever the file format stored:
+NIfTI through nibabel, NRRD / MHA / MHD and DICOM series through SimpleITK (whose LPS geometry
+is flipped to RAS here, once). Voxel values are kept in the input's units as float32.
+
+Writing is NIfTI only (``.nii`` / ``.nii.gz``, float32, qform and sform both set), through a
+temporary file in the target folder that is renamed into place, so a reader never sees half a
+file and an interrupted run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mrisr.errors import InputError, OutputError
+
+__all__ = [
+    "Volume",
+    "DicomSeries",
+    "load_volume",
+    "save_volume",
+    "list_dicom_series",
+    "output_stem",
+    "check_output_path",
+    "write_json",
+    "NIFTI_SUFFIXES",
+    "NonFinite",
+    "SITK_SUFFIXES",
+]
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+# LPS (DICOM, ITK) <-> RAS (NIfTI): negate the first two world axes.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D scalar volume and where it lies in the world.
+
+    Attributes:
+        data: voxel values, shape ``(I, J, K)``, float32, in the input's units.
+        affine: ``(4, 4)`` float64 map from voxel index to RAS millimetres.
+        metadata: where the volume came from (path, format, DICOM series UID and description,
+            the stored data type, ...); JSON-serialisable.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.data.ndim != 3:
+            raise InputError(f"a Volume needs 3D data, got shape {tuple(self.data.shape)}")
+        if self.affine.shape != (4, 4):
+            raise InputError(f"a Volume needs a 4x4 affine, got shape {self.affine.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in millimetres along each array axis (norms of the affine's columns)."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    @property
+    def orientation(self) -> tuple[str, str, str]:
+        """Anatomical direction each array axis points to, e.g. ``('L', 'P', 'S')``."""
+        import nibabel as nib
+
+        return tuple(nib.aff2axcodes(self.affine))  # type: ignore[return-value]
+
+    def with_data(self, data: np.ndarray, affine: np.ndarray, **metadata: Any) -> Volume:
+        """A new volume on another grid that keeps this one's provenance."""
+        return Volume(np.ascontiguousarray(data, dtype=np.float32), np.asarray(affine, dtype=np.float64),
+                      {**self.metadata, **metadata})
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One DICOM series found in a folder tree, its files sorted along the slice normal."""
+
+    uid: str
+    description: str
+    files: tuple[str, ...]
+    modality: str = ""
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.files)
+
+    def summary(self) -> str:
+        return f"{self.uid} ({self.description or 'no description'}, {self.n_slices} slices)"
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+NonFinite = Literal["error", "zero"]
+
+
+def load_volume(path: str | os.PathLike, series: str | None = None,
+                nonfinite: NonFinite = "error") -> Volume:
+    """Read a 3D volume with its RAS affine.
+
+    Args:
+        path: a NIfTI file (``.nii``, ``.nii.gz``), an NRRD / MHA / MHD file, or a folder holding
+            one DICOM series (searched recursively).
+        series: the SeriesInstanceUID to read when a DICOM folder holds several series.
+        nonfinite: what to do with NaN or Inf voxels: ``"error"`` refuses the volume, ``"zero"``
+            replaces them with 0 and records how many in ``metadata["nonfinite_replaced"]``.
+
+    Returns:
+        The volume, float32 in the input's units. A 4D file with a single frame is accepted.
+
+    Raises:
+        InputError: the path is missing, not an image, corrupt, not 3D, a 4D file with several
+            frames, NaN / Inf voxels under ``nonfinite="error"``, or a DICOM folder with
+            several series and no ``series``.
+    """
+    if nonfinite not in ("error", "zero"):
+        raise InputError(f"nonfinite must be 'error' or 'zero', got {nonfinite!r}")
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input not found: {p}")
+    if p.is_dir():
+        return _load_dicom_folder(p, series, nonfinite)
+    if series is not None:
+        raise InputError(f"--series selects a DICOM series inside a folder, but {p} is a file")
+    name = p.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        data, affine, meta = _read_nifti(p)
+    elif name.endswith(SITK_SUFFIXES):
+        data, affine, meta = _read_sitk(p)
+    else:
+        allowed = ", ".join(NIFTI_SUFFIXES + SITK_SUFFIXES)
+        raise InputError(f"{p} is not a supported volume file (allowed: {allowed}, or a DICOM folder)")
+    return _finish(data, affine, {"path": str(p), **meta}, p, nonfinite)
+
+
+def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(p))
+        # get_fdata applies scl_slope / scl_inter, so values are in the stored physical units.
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except Exception as exc:  # nibabel raises many types for truncated / non-NIfTI files
+        raise InputError(f"{p} is not a readable NIfTI file: {_short(exc)}") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(f"{p} is not a NIfTI image (read as {type(img).__name__})")
+    meta = {"format": "nifti", "stored_dtype": str(img.get_data_dtype())}
+    return data, np.asarray(img.affine, dtype=np.float64), meta
+
+
+def _sitk_affine(image: Any) -> np.ndarray:
+    """RAS affine of a 3D SimpleITK image (whose origin and direction are LPS)."""
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = direction * np.asarray(image.GetSpacing(), dtype=np.float64)
+    affine[:3, 3] = image.GetOrigin()
+    return _LPS_TO_RAS @ affine
+
+
+def _sitk_to_array(image: Any, p: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    import SimpleITK as sitk
+
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{p} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+                         "(colour or vector image); mrisr needs a scalar volume")
+    dim = image.GetDimension()
+    if dim == 4:
+        size = image.GetSize()
+        if size[3] != 1:
+            raise InputError(f"{p} is 4D with {size[3]} frames; mrisr upsamples one 3D volume "
+                             "(split the frames first)")
+        image = sitk.Extract(image, [size[0], size[1], size[2], 0], [0, 0, 0, 0])
+        dim = 3
+    if dim != 3:
+        raise InputError(f"{p} is {dim}D (size {tuple(image.GetSize())}); mrisr needs a 3D volume")
+    # SimpleITK arrays are (k, j, i); mrisr keeps the affine's index order (i, j, k).
+    data = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)
+    return data, _sitk_affine(image)
+
+
+def _read_sitk(p: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(p))
+    except Exception as exc:  # RuntimeError with ITK's multi-line message
+        raise InputError(f"{p} is not a readable image: {_short(exc)}") from exc
+    data, affine = _sitk_to_array(image, p)
+    meta = {"format": p.suffix.lstrip(".").lower(), "stored_dtype": image.GetPixelIDTypeAsString()}
+    return data, affine, meta
+
+
+def _finish(data: np.ndarray, affine: np.ndarray, meta: dict[str, Any], p: Path,
+            nonfinite: NonFinite) -> Volume:
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    elif data.ndim == 4:
+        raise InputError(f"{p} is 4D with {data.shape[3]} frames; mrisr upsamples one 3D volume "
+                         "(split the frames first)")
+    if data.ndim == 2 or (data.ndim == 3 and min(data.shape) < 2):
+        raise InputError(f"{p} is a 2D image (shape {tuple(data.shape)}); mrisr needs a 3D volume "
+                         "with at least 2 voxels along each axis")
+    if data.ndim != 3:
+        raise InputError(f"{p} has {data.ndim} dimensions (shape {tuple(data.shape)}); "
+                         "mrisr needs a 3D volume")
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(f"{p} has a degenerate voxel-to-world affine (zero or non-finite voxel size)")
+    bad = ~np.isfinite(data)
+    n_bad = int(bad.sum())
+    if n_bad and nonfinite == "error":
+        raise InputError(f"{p} has {n_bad} NaN or Inf voxels; fix the file or pass --nonfinite zero "
+                         "to replace them with 0")
+    if n_bad:
+        data = np.where(bad, 0.0, data)
+        meta["nonfinite_replaced"] = n_bad
+        logger.warning("%s: replaced %d NaN or Inf voxels with 0", p, n_bad)
+    return Volume(np.ascontiguousarray(data, dtype=np.float32), affine, meta)
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM
+
+
+def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
+    """Find every DICOM image series under ``folder`` (recursively), files sorted by position.
+
+    Files that are not DICOM are ignored. Slices are ordered along the normal of their
+    ImageOrientationPatient, so the series reads the same whatever the file names are.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    groups: dict[str, list[tuple[float, str, Any]]] = {}
+    for root, _dirs, files in os.walk(folder):
+        for name in sorted(files):
+            fpath = os.path.join(root, name)
+            try:
+                ds = pydicom.dcmread(fpath, stop_before_pixels=True)
+            except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError):
+                continue
+            uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
+            if not uid or "ImagePositionPatient" not in ds:
+                continue
+            groups.setdefault(uid, []).append((0.0, fpath, ds))
+    series = []
+    for uid, items in groups.items():
+        ds0 = items[0][2]
+        normal = _slice_normal(ds0)
+        ordered = sorted(items, key=lambda it: (float(np.dot(normal, _position(it[2]))), it[1]))
+        series.append(DicomSeries(uid=uid, description=str(getattr(ds0, "SeriesDescription", "") or ""),
+                                  files=tuple(it[1] for it in ordered),
+                                  modality=str(getattr(ds0, "Modality", "") or "")))
+    return sorted(series, key=lambda s: (s.description, s.uid))
+
+
+def _slice_normal(ds: Any) -> np.ndarray:
+    iop = np.asarray([float(v) for v in getattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0])])
+    return np.cross(iop[:3], iop[3:])
+
+
+def _position(ds: Any) -> np.ndarray:
+    return np.asarray([float(v) for v in ds.ImagePositionPatient])
+
+
+def _load_dicom_folder(folder: Path, uid: str | None, nonfinite: NonFinite) -> Volume:
+    import pydicom
+    import SimpleITK as sitk
+
+    found = list_dicom_series(folder)
+    if not found:
+        raise InputError(f"{folder} is a folder without DICOM image series")
+    if uid is None:
+        if len(found) > 1:
+            listing = "; ".join(s.summary() for s in found)
+            raise InputError(f"{folder} holds {len(found)} DICOM series, pick one with --series UID: "
+                             f"{listing}")
+        chosen = found[0]
+    else:
+        matches = [s for s in found if s.uid == uid]
+        if not matches:
+            listing = "; ".join(s.summary() for s in found)
+            raise InputError(f"series {uid} is not in {folder}; found: {listing}")
+        chosen = matches[0]
+    _check_dicom_spacing(chosen)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(chosen.files))
+    try:
+        image = reader.Execute()
+    except Exception as exc:
+        raise InputError(f"DICOM series {chosen.uid} in {folder} is not readable: {_short(exc)}") from exc
+    data, affine = _sitk_to_array(image, folder)
+    ds0 = pydicom.dcmread(chosen.files[0], stop_before_pixels=True)
+    meta = {
+        "format": "dicom",
+        "path": str(folder),
+        "series_uid": chosen.uid,
+        "series_description": chosen.description,
+        "modality": chosen.modality,
+        "n_files": chosen.n_slices,
+        "slice_thickness_mm": float(getattr(ds0, "SliceThickness", 0.0) or 0.0),
+        "stored_dtype": image.GetPixelIDTypeAsString(),
+    }
+    return _finish(data, affine, meta, folder, nonfinite)
+
+
+def _check_dicom_spacing(series: DicomSeries) -> None:
+    """Reject series whose slices are not evenly spaced: one affine cannot describe them."""
+    import pydicom
+
+    if series.n_slices < 2:
+        return
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
+    normal = _slice_normal(headers[0])
+    positions = np.asarray([np.dot(normal, _position(ds)) for ds in headers])
+    gaps = np.diff(positions)
+    if np.any(np.abs(gaps) < 1e-4):
+        raise InputError(f"DICOM series {series.uid} has several images at the same position "
+                         "(a multi-echo or repeated acquisition?); mrisr needs one 3D volume")
+    if np.ptp(gaps) > max(1e-3, 0.01 * float(np.median(np.abs(gaps)))):
+        raise InputError(f"DICOM series {series.uid} has unevenly spaced slices "
+                         f"({gaps.min():.3f} to {gaps.max():.3f} mm); mrisr needs a regular grid")
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def output_stem(path: str | os.PathLike) -> str:
+    """File name without its image suffix (``.nii.gz`` counts as one); a folder keeps its name."""
+    name = Path(path).name
+    lower = name.lower()
+    for suffix in NIFTI_SUFFIXES + SITK_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (),
+                      overwrite: bool = False, suffixes: Sequence[str] = NIFTI_SUFFIXES) -> Path:
+    """Check, before any work is done, that ``output`` can be written.
+
+    Raises:
+        OutputError: the output is one of the inputs, exists without ``overwrite``, has a suffix
+            not in ``suffixes``, or its folder is missing or not writable.
+    """
+    out = Path(output)
+    if not out.name.lower().endswith(tuple(suffixes)):
+        raise OutputError(f"output {out} must end in one of {', '.join(suffixes)}")
+    resolved = out.resolve()
+    for inp in inputs:
+        ip = Path(inp).resolve()
+        if resolved == ip or (ip.is_dir() and ip in resolved.parents):
+            raise OutputError(f"output {out} would overwrite the input {inp}; choose another path")
+    if out.is_dir():
+        raise OutputError(f"output {out} is a folder; give a file name")
+    if out.exists() and not overwrite:
+        raise OutputError(f"output {out} exists; pass --overwrite to replace it")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"output folder {folder} does not exist")
+    # os.access is no guide for root or read-only mounts: try creating a file there.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mrisr-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"output folder {folder} is not writable: {exc.strerror or exc}") from exc
+    return out
+
+
+def _atomic_write(path: Path, write: Any, suffix: str) -> None:
+    """Write through a temporary file in the target folder, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``volume`` as float32 NIfTI with qform and sform set to its affine, atomically.
+
+    Raises:
+        OutputError: ``path`` exists and ``overwrite`` is false, or it is not a NIfTI name.
+    """
+    import nibabel as nib
+
+    out = Path(path)
+    lower = out.name.lower()
+    if not lower.endswith(NIFTI_SUFFIXES):
+        raise OutputError(f"output {out} must end in .nii or .nii.gz")
+    if out.exists() and not overwrite:
+        raise OutputError(f"output {out} exists; pass --overwrite to replace it")
+    img = nib.Nifti1Image(np.asarray(volume.data, dtype=np.float32), volume.affine)
+    img.set_qform(volume.affine, code=1)  # scanner-anatomical
+    img.set_sform(volume.affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["descrip"] = b"mrisr"
+    suffix = ".nii.gz" if lower.endswith(".nii.gz") else ".nii"
+    _atomic_write(out, lambda tmp: nib.save(img, tmp), suffix)
+    logger.info("wrote %s", out)
+    return out
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    out = Path(path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2, default=_json_default)
+            fh.write("\n")
+
+    _atomic_write(out, write, ".json")
+    return out
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def _short(exc: BaseException) -> str:
+    """First non-empty line of an exception message (ITK's run to a dozen lines)."""
+    text = str(exc).strip() or type(exc).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # ITK puts the useful sentence last; nibabel first.
+    first = lines[0]
+    if first.startswith("Exception thrown in SimpleITK") and len(lines) > 1:
+        first = lines[-1]
+    return first[:300]
