@@ -1,0 +1,169 @@
+"""Readers agree with each other and writers round-trip the geometry exactly."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from mrisr.errors import InputError, OutputError
+from mrisr.io import Volume, check_output_path, list_dicom_series, load_volume, output_stem, save_volume
+
+from conftest import (PROSTATEX, PROSTATEX_SERIES, make_affine, needs_prostatex, prostatex_dicom,
+                      prostatex_nifti)
+
+
+@needs_prostatex
+@pytest.mark.parametrize("patient,plane,series", PROSTATEX_SERIES,
+                         ids=[f"{p[-4:]}-{pl}-s{s}" for p, pl, s in PROSTATEX_SERIES])
+def test_dicom_and_nifti_agree(patient, plane, series):
+    from_nifti = load_volume(prostatex_nifti(patient, plane, series))
+    from_dicom = load_volume(prostatex_dicom(patient, series))
+    assert from_dicom.shape == from_nifti.shape
+    np.testing.assert_array_equal(from_dicom.data, from_nifti.data)
+    np.testing.assert_allclose(from_dicom.affine, from_nifti.affine, atol=1e-3, rtol=0)
+    assert from_dicom.orientation == from_nifti.orientation
+    assert from_dicom.metadata["format"] == "dicom" and from_nifti.metadata["format"] == "nifti"
+
+
+@needs_prostatex
+def test_orientations_of_shared_series_match_readme():
+    expect = {"tra": ("L", "P", "S"), "cor": ("L", "I", "P"), "sag": ("P", "I", "R")}
+    for patient, plane, series in PROSTATEX_SERIES:
+        vol = load_volume(prostatex_nifti(patient, plane, series))
+        assert vol.orientation == expect[plane], (patient, plane)
+    oblique = load_volume(prostatex_nifti("ProstateX-0218", "tra", 5)).affine[:3, :3]
+    # the README calls this series oblique: its direction matrix is no signed permutation
+    assert np.count_nonzero(np.abs(oblique) > 1e-3) > 3
+
+
+@needs_prostatex
+def test_dicom_study_folder_lists_series_and_picks_one():
+    study = PROSTATEX / "dicom" / "ProstateX-0218"
+    found = list_dicom_series(study)
+    assert sorted(s.n_slices for s in found) == [19, 20, 23]
+    assert {s.description for s in found} == {"t2_tse_cor_320_p2", "t2_tse_sag_320_p2", "t2_tse_tra_320_p2"}
+    with pytest.raises(InputError, match="holds 3 DICOM series"):
+        load_volume(study)
+    tra = next(s for s in found if "tra" in s.description)
+    picked = load_volume(study, series=tra.uid)
+    direct = load_volume(prostatex_nifti("ProstateX-0218", "tra", 5))
+    np.testing.assert_array_equal(picked.data, direct.data)
+    assert picked.metadata["series_uid"] == tra.uid
+    with pytest.raises(InputError, match="is not in"):
+        load_volume(study, series="1.2.3.4")
+
+
+@needs_prostatex
+def test_dicom_order_does_not_depend_on_file_names(tmp_path):
+    src = prostatex_dicom("ProstateX-0218", 5)
+    files = sorted(p for p in src.iterdir() if p.is_file())
+    # rename so that alphabetical order is the reverse of the slice order
+    for n, f in enumerate(files):
+        (tmp_path / f"z{len(files) - n:03d}.dcm").write_bytes(f.read_bytes())
+    renamed = load_volume(tmp_path)
+    original = load_volume(src)
+    np.testing.assert_array_equal(renamed.data, original.data)
+    np.testing.assert_allclose(renamed.affine, original.affine, atol=1e-6)
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "LPS", "LIP", "PIR", "oblique"])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_nifti_round_trip(tmp_path, rng, orientation, suffix):
+    affine = make_affine(orientation, spacing=(0.7, 0.8, 3.3))
+    data = rng.normal(100, 30, size=(9, 7, 5)).astype(np.float32)
+    out = save_volume(Volume(data, affine), tmp_path / f"v{suffix}")
+    back = load_volume(out)
+    np.testing.assert_array_equal(back.data, data)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-5)
+    hdr = nib.load(str(out)).header
+    assert int(hdr["qform_code"]) == 1 and int(hdr["sform_code"]) == 1
+    np.testing.assert_allclose(hdr.get_qform(), affine, atol=1e-4)  # qform is float32 quaternions
+    assert hdr.get_data_dtype() == np.float32
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary left behind
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+@pytest.mark.parametrize("orientation", ["LPS", "PIR", "oblique"])
+def test_sitk_formats_agree_with_nifti(tmp_path, rng, suffix, orientation):
+    affine = make_affine(orientation, spacing=(0.5, 0.6, 3.0))
+    data = rng.integers(0, 4000, size=(8, 6, 4)).astype(np.float32)
+    nifti = save_volume(Volume(data, affine), tmp_path / "v.nii.gz")
+    # write the same volume with SimpleITK's own LPS conventions
+    image = sitk.GetImageFromArray(data.transpose(2, 1, 0).astype(np.uint16))
+    lps = np.diag([-1, -1, 1]) @ affine[:3, :3]
+    spacing = np.linalg.norm(lps, axis=0)
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((lps / spacing).flatten().tolist())
+    image.SetOrigin((np.diag([-1, -1, 1]) @ affine[:3, 3]).tolist())
+    other = tmp_path / f"v{suffix}"
+    sitk.WriteImage(image, str(other))
+    a, b = load_volume(nifti), load_volume(other)
+    np.testing.assert_array_equal(a.data, b.data)
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-5)
+
+
+def test_4d_single_frame_is_accepted_and_multi_frame_refused(tmp_path, rng):
+    affine = make_affine("RAS", spacing=(1, 1, 2))
+    data = rng.normal(size=(5, 4, 3, 1)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "one.nii.gz"))
+    vol = load_volume(tmp_path / "one.nii.gz")
+    assert vol.shape == (5, 4, 3)
+    np.testing.assert_array_equal(vol.data, data[..., 0])
+    nib.save(nib.Nifti1Image(np.repeat(data, 3, axis=3), affine), str(tmp_path / "three.nii.gz"))
+    with pytest.raises(InputError, match="4D with 3 frames"):
+        load_volume(tmp_path / "three.nii.gz")
+
+
+def test_nonfinite_voxels_are_refused_or_replaced(tmp_path, rng):
+    data = rng.normal(size=(4, 4, 3)).astype(np.float32)
+    data[1, 2, 0] = np.nan
+    data[0, 0, 1] = np.inf
+    path = save_volume(Volume(data, make_affine()), tmp_path / "nan.nii.gz")
+    with pytest.raises(InputError, match="2 NaN or Inf voxels"):
+        load_volume(path)
+    fixed = load_volume(path, nonfinite="zero")
+    assert fixed.metadata["nonfinite_replaced"] == 2
+    assert fixed.data[1, 2, 0] == 0 and fixed.data[0, 0, 1] == 0
+    mask = np.isfinite(data)
+    np.testing.assert_array_equal(fixed.data[mask], data[mask])
+
+
+def test_scaled_nifti_keeps_physical_units(tmp_path):
+    raw = np.arange(24, dtype=np.int16).reshape(4, 3, 2)
+    img = nib.Nifti1Image(raw, make_affine())
+    img.header.set_slope_inter(0.5, 10.0)
+    nib.save(img, str(tmp_path / "scaled.nii.gz"))
+    np.testing.assert_allclose(load_volume(tmp_path / "scaled.nii.gz").data, raw * 0.5 + 10.0)
+
+
+def test_save_refuses_to_overwrite(tmp_path, rng):
+    vol = Volume(rng.normal(size=(3, 3, 3)).astype(np.float32), make_affine())
+    path = save_volume(vol, tmp_path / "a.nii.gz")
+    before = path.read_bytes()
+    with pytest.raises(OutputError, match="exists"):
+        save_volume(vol.with_data(vol.data + 1, vol.affine), path)
+    assert path.read_bytes() == before
+    save_volume(vol.with_data(vol.data + 1, vol.affine), path, overwrite=True)
+    np.testing.assert_allclose(load_volume(path).data, vol.data + 1)
+
+
+def test_check_output_path(tmp_path):
+    inp = tmp_path / "in.nii.gz"
+    inp.write_bytes(b"x")
+    with pytest.raises(OutputError, match="overwrite the input"):
+        check_output_path(inp, [inp], overwrite=True)
+    with pytest.raises(OutputError, match="must end in"):
+        check_output_path(tmp_path / "out.png", [inp])
+    with pytest.raises(OutputError, match="does not exist"):
+        check_output_path(tmp_path / "missing" / "out.nii.gz", [inp])
+    assert check_output_path(tmp_path / "out.nii.gz", [inp]) == tmp_path / "out.nii.gz"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz"]  # the probe is gone
+
+
+def test_output_stem():
+    assert output_stem("/a/b/scan.nii.gz") == "scan"
+    assert output_stem("scan.NII") == "scan"
+    assert output_stem("scan.v2.nrrd") == "scan.v2"
+    assert output_stem("/data/dicom/series_5") == "series_5"
