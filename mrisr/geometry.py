@@ -30,6 +30,7 @@ __all__ = [
     "voxel_spacing",
     "slice_axis",
     "upsampled_affine",
+    "downsampled_affine",
     "plan_upsampling",
     "to_planes",
     "from_planes",
@@ -68,6 +69,19 @@ def check_factor(factor: object) -> int:
     if factor < 2:
         raise GeometryError(f"factor must be an integer >= 2, got {factor}")
     return int(factor)
+
+
+def downsampled_affine(affine: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+    """Affine of the grid whose voxels each merge ``factors`` input voxels (inverse of
+    :func:`upsampled_affine`): the merged voxel's centre is the mean of its children's."""
+    out = np.array(affine, dtype=np.float64, copy=True)
+    for axis, f in enumerate(factors):
+        if f == 1:
+            continue
+        column = np.asarray(affine, dtype=np.float64)[:3, axis]
+        out[:3, 3] += column * (f - 1) / 2.0
+        out[:3, axis] = column * f
+    return out
 
 
 def upsampled_affine(affine: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:

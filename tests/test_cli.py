@@ -1,0 +1,203 @@
+"""The real ``mrisr`` entry point: happy paths and every kind of bad input.
+
+Bad input must give one line on stderr naming the problem, exit code 2, no traceback, no file
+written and the input untouched.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mrisr.io import Volume, load_volume, save_volume
+
+from conftest import PROSTATEX, file_digest, make_affine, needs_prostatex, prostatex_nifti, run_mrisr
+
+
+@pytest.fixture
+def small_volume(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0, 1000, size=(12, 10, 5)).astype(np.float32)
+    (tmp_path / "in").mkdir()
+    return save_volume(Volume(data, make_affine("oblique")), tmp_path / "in" / "small.nii.gz")
+
+
+def _unwritable_folder(tmp_path: Path) -> Path | None:
+    """A folder this process cannot create files in (a chmod'ed one, or /sys as root)."""
+    import os
+    import tempfile
+
+    candidates = [tmp_path / "locked"]
+    candidates[0].mkdir()
+    candidates[0].chmod(0o555)
+    if os.geteuid() == 0:  # root ignores permission bits
+        candidates.append(Path("/sys"))
+    for folder in candidates:
+        try:
+            fd, probe = tempfile.mkstemp(dir=folder)
+        except OSError:
+            return folder
+        os.close(fd)
+        os.unlink(probe)
+    return None
+
+
+def _assert_refused(result, *phrases: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("mrisr: error: "), lines[0]
+    assert "Traceback" not in result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0], (phrase, lines[0])
+
+
+def _bad_cases(tmp_path: Path, good: Path) -> dict[str, tuple[list[str], tuple[str, ...], Path]]:
+    """name -> (arguments, phrases expected in the message, the input to check)."""
+    cases: dict[str, tuple[list[str], tuple[str, ...], Path]] = {}
+    out = tmp_path / "out" / "x.nii.gz"
+    missing = tmp_path / "nope.nii.gz"
+    cases["missing"] = ([str(missing), "--plane", "in", "--factor", "2", "-o", str(out)], ("not found", "nope.nii.gz"), missing)
+    png = tmp_path / "pic.png"
+    from PIL import Image
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
+    fake = tmp_path / "fake.nii.gz"
+    shutil.copy(png, fake)
+    cases["png_renamed"] = ([str(fake), "--plane", "in", "--factor", "2", "-o", str(out)], ("fake.nii.gz", "not a readable NIfTI"), fake)
+    cases["png"] = ([str(png), "--plane", "in", "--factor", "2", "-o", str(out)], ("pic.png", "not a supported"), png)
+    text = tmp_path / "notes.nii.gz"
+    text.write_text("just some text\n")
+    cases["text_renamed"] = ([str(text), "--plane", "in", "--factor", "2", "-o", str(out)], ("notes.nii.gz", "not a readable NIfTI"), text)
+    trunc = tmp_path / "trunc.nii.gz"
+    blob = good.read_bytes()
+    trunc.write_bytes(blob[: len(blob) // 2])
+    cases["truncated"] = ([str(trunc), "--plane", "in", "--factor", "2", "-o", str(out)], ("trunc.nii.gz", "not a readable NIfTI"), trunc)
+    corrupt = tmp_path / "corrupt.nii.gz"
+    raw = bytearray(gzip.decompress(blob))
+    corrupt.write_bytes(gzip.compress(bytes(raw[:200])))  # header cut inside
+    cases["corrupt"] = ([str(corrupt), "--plane", "in", "--factor", "2", "-o", str(out)], ("corrupt.nii.gz",), corrupt)
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16), np.float32), np.eye(4)), str(flat))
+    cases["2d"] = ([str(flat), "--plane", "in", "--factor", "2", "-o", str(out)], ("2D image",), flat)
+    frames = tmp_path / "frames.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((6, 6, 4, 3), np.float32), np.eye(4)), str(frames))
+    cases["4d"] = ([str(frames), "--plane", "in", "--factor", "2", "-o", str(out)], ("4D with 3 frames",), frames)
+    cases["factor_1"] = ([str(good), "--plane", "in", "--factor", "1", "-o", str(out)], ("--factor", "integer >= 2"), good)
+    cases["factor_float"] = ([str(good), "--plane", "in", "--factor", "2.5", "-o", str(out)], ("--factor", "'2.5'"), good)
+    cases["axis"] = ([str(good), "--plane", "through", "--factor", "2", "--axis", "3", "-o", str(out)], ("--axis", "'3'"), good)
+    nan = tmp_path / "nan.nii.gz"
+    data = np.ones((6, 6, 4), np.float32)
+    data[2, 2, 2] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(nan))
+    cases["nan"] = ([str(nan), "--plane", "in", "--factor", "2", "-o", str(out)], ("NaN or Inf", "--nonfinite"), nan)
+    cases["output_is_input"] = ([str(good), "--plane", "in", "--factor", "2", "-o", str(good), "--overwrite"], ("overwrite the input",), good)
+    existing = tmp_path / "out" / "exists.nii.gz"
+    existing.parent.mkdir(exist_ok=True)
+    existing.write_bytes(b"keep me")
+    cases["exists"] = ([str(good), "--plane", "in", "--factor", "2", "-o", str(existing)], ("exists", "--overwrite"), existing)
+    cases["no_folder"] = ([str(good), "--plane", "in", "--factor", "2", "-o", str(tmp_path / "nodir" / "x.nii.gz")], ("does not exist",), good)
+    cases["bad_method"] = ([str(good), "--plane", "in", "--factor", "2", "--method", "magic", "-o", str(out)], ("unknown method", "magic"), good)
+    locked = _unwritable_folder(tmp_path)
+    if locked is not None:
+        cases["unwritable"] = ([str(good), "--plane", "in", "--factor", "2", "-o", str(locked / "x.nii.gz")], ("not writable",), good)
+    if PROSTATEX.is_dir():
+        study = PROSTATEX / "dicom" / "ProstateX-0218"
+        cases["dicom_several"] = ([str(study), "--plane", "in", "--factor", "2", "-o", str(out)],
+                                  ("holds 3 DICOM series", "--series", "t2_tse_tra_320_p2"), study)
+    return cases
+
+
+def test_bad_inputs_get_one_line_and_exit_2(tmp_path, small_volume):
+    (tmp_path / "out").mkdir(exist_ok=True)
+    cases = _bad_cases(tmp_path, small_volume)
+    expected = {"missing", "png_renamed", "png", "text_renamed", "truncated", "corrupt", "2d", "4d",
+                "factor_1", "factor_float", "axis", "nan", "output_is_input", "exists", "no_folder", "bad_method"}
+    assert expected <= set(cases)
+    for name, (args, phrases, inp) in cases.items():
+        before_in = file_digest(inp)
+        before_out = sorted(p.name for p in (tmp_path / "out").iterdir())
+        result = run_mrisr("upsample", *args, cwd=tmp_path)
+        try:
+            _assert_refused(result, *phrases)
+        except AssertionError as exc:
+            raise AssertionError(f"case {name}: {exc}") from exc
+        assert file_digest(inp) == before_in, f"case {name} changed its input"
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before_out, f"case {name} wrote a file"
+        assert not list(tmp_path.glob("*_sr.nii.gz")), f"case {name} wrote a default output"
+    assert (tmp_path / "out" / "exists.nii.gz").read_bytes() == b"keep me"
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run_mrisr("upsample", tmp_path / "nope.nii.gz", "--plane", "in", "--factor", "2", "--debug")
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr and "input not found" in result.stderr
+
+
+def test_upsample_writes_default_output_and_report(tmp_path, small_volume):
+    before = file_digest(small_volume)
+    result = run_mrisr("upsample", small_volume, "--plane", "through", "--factor", "3",
+                       "--report", "run.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "small_sr.nii.gz"
+    assert str(out) in result.stdout
+    vol, up = load_volume(small_volume), load_volume(out)
+    assert up.shape == (12, 10, 15)
+    expect = vol.affine.copy()
+    expect[:3, 2] /= 3
+    expect[:3, 3] -= vol.affine[:3, 2] / 3
+    np.testing.assert_allclose(up.affine, expect, atol=1e-5)
+    # through-plane bicubic keeps the in-plane samples: every third slice's mean tracks the input
+    assert abs(up.data.mean() - vol.data.mean()) < 0.02 * vol.data.mean()
+    report = json.loads((tmp_path / "run.json").read_text())
+    assert report["method"] == "bicubic" and report["plane"] == "through" and report["factor"] == 3
+    assert report["axis"] == 2 and report["input_shape"] == [12, 10, 5] and report["output_shape"] == [12, 10, 15]
+    assert report["output_spacing_mm"][2] == pytest.approx(3.6 / 3)
+    assert report["device"] == "cpu" and report["seconds"] >= 0 and report["network_evaluations"] == 0
+    assert file_digest(small_volume) == before
+    # a second run without --overwrite is refused and leaves the first output alone
+    first = out.read_bytes()
+    again = run_mrisr("upsample", small_volume, "--plane", "through", "--factor", "3", cwd=tmp_path)
+    _assert_refused(again, "exists")
+    assert out.read_bytes() == first
+    assert run_mrisr("upsample", small_volume, "--plane", "through", "--factor", "3", "--overwrite",
+                     "--quiet", cwd=tmp_path).returncode == 0
+
+
+@needs_prostatex
+def test_upsample_dicom_series_in_plane_bspline(tmp_path):
+    from mrisr.io import list_dicom_series
+
+    study = PROSTATEX / "dicom" / "ProstateX-0218"
+    tra = next(s for s in list_dicom_series(study) if "tra" in s.description)
+    result = run_mrisr("upsample", study, "--series", tra.uid, "--plane", "in", "--factor", "2",
+                       "--method", "bspline", "-o", tmp_path / "tra_x2.nii.gz", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    up = load_volume(tmp_path / "tra_x2.nii.gz")
+    ref = load_volume(prostatex_nifti("ProstateX-0218", "tra", 5))
+    assert up.shape == (640, 640, 20)
+    # downsampling the output by 2x2 block means comes back close to the input (same units)
+    blocks = up.data.reshape(320, 2, 320, 2, 20).mean(axis=(1, 3))
+    assert np.abs(blocks - ref.data).mean() < 0.02 * ref.data.mean()
+
+
+@needs_prostatex
+def test_info_reports_geometry():
+    result = run_mrisr("info", prostatex_nifti("ProstateX-0218", "tra", 5))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "320 x 320 x 20" in out and "0.625 x 0.625 x 3.6" in out
+    assert "LPS" in out and "slice axis:   2" in out
+    assert "--plane through --factor 6: shape 320 x 320 x 120" in out
+    assert "--plane in      --factor 4: shape 1280 x 1280 x 20" in out
+
+
+def test_help_is_instant_and_lists_commands():
+    result = run_mrisr("--help")
+    assert result.returncode == 0 and "upsample" in result.stdout and "info" in result.stdout
