@@ -78,7 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--factor", required=True, help="integer upsampling factor >= 2")
     up.add_argument("--axis", help="slice axis 0, 1 or 2 (default: the axis with the largest spacing)")
     up.add_argument("--series", help="SeriesInstanceUID when the DICOM folder holds several series")
-    up.add_argument("--method", default="bicubic", help="upsampling method: bicubic (default) or bspline")
+    up.add_argument("--method", default="bicubic",
+                    help="bicubic (default), bspline, or with a trained --model: partdiff, sr3, regression")
+    up.add_argument("--model", help="trained model (.safetensors, or a .pt checkpoint of mrisr train)")
+    up.add_argument("--sampler", choices=["ancestral", "ddim"],
+                    help="partdiff / sr3: ancestral (default; one network pass per step) or ddim (few steps)")
+    up.add_argument("--steps", help="partdiff ancestral: K, the start step (default: the model's); "
+                    "ddim: network evaluations (default 8)")
+    up.add_argument("--samples", default="1", help="average N stochastic samples and also write their "
+                    "per-voxel standard deviation to <output>_std.nii.gz (default 1)")
+    up.add_argument("--precision", choices=["bf16", "fp32"], help="network precision of learned methods "
+                    "(default bf16 autocast)")
     up.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
     up.add_argument("--batch-size", default="8", help="2D planes per batch (default: 8)")
     up.add_argument("--seed", default="0", help="random seed of stochastic methods (default: 0)")
@@ -111,6 +121,8 @@ def cmd_upsample(args: argparse.Namespace) -> int:
     factor = _factor(args.factor)
     axis = _axis(args.axis)
     batch_size = _positive_int(args.batch_size, "--batch-size")
+    samples = _positive_int(args.samples, "--samples")
+    steps = _positive_int(args.steps, "--steps") if args.steps is not None else None
     try:
         seed = int(args.seed)
     except ValueError:
@@ -126,6 +138,12 @@ def cmd_upsample(args: argparse.Namespace) -> int:
         raise InputError(f"input not found: {src}")
     out = Path(args.output) if args.output else Path.cwd() / f"{output_stem(src.resolve())}_sr.nii.gz"
     check_output_path(out, [src], overwrite=args.overwrite)
+    std_out = None
+    if samples > 1:
+        std_out = out.with_name(f"{output_stem(out)}_std.nii.gz")
+        check_output_path(std_out, [src], overwrite=args.overwrite)
+    if args.model is not None and not Path(args.model).is_file():
+        raise InputError(f"model not found: {args.model}")
     report = None
     if args.report:
         report = check_output_path(args.report, [src, out], overwrite=args.overwrite, suffixes=(".json",))
@@ -134,14 +152,21 @@ def cmd_upsample(args: argparse.Namespace) -> int:
 
     volume = load_volume(src, series=args.series, nonfinite=args.nonfinite)
     result = upsample_volume(volume, args.plane, factor, axis=axis, method=args.method,
-                             device=args.device, batch_size=batch_size, seed=seed,
-                             progress=not args.quiet)
+                             device=args.device, batch_size=batch_size, seed=seed, samples=samples,
+                             progress=not args.quiet, model=args.model, sampler=args.sampler, steps=steps,
+                             precision=args.precision)
     save_volume(result.volume, out, overwrite=args.overwrite)
+    if std_out is not None and result.std_volume is not None:
+        save_volume(result.std_volume, std_out, overwrite=args.overwrite)
     if report is not None:
-        write_json({"input": str(src), "output": str(out), **result.report()}, report)
+        extra = {"std_output": str(std_out)} if std_out is not None else {}
+        write_json({"input": str(src), "output": str(out), **extra, **result.report()}, report)
     if not args.quiet:
+        evals = f", {result.network_evaluations} network evaluations" if result.network_evaluations else ""
         print(f"wrote {out} ({_fmt(result.plan.output_shape)} voxels of "
-              f"{_fmt(result.plan.output_spacing)} mm, {args.method}, {result.seconds:.1f} s)")
+              f"{_fmt(result.plan.output_spacing)} mm, {args.method}, {result.seconds:.1f} s{evals})")
+        if std_out is not None:
+            print(f"wrote {std_out} (per-voxel standard deviation of {samples} samples)")
     return 0
 
 

@@ -1,9 +1,15 @@
 """Whole-volume upsampling: the registry of methods and the loop over 2D planes.
 
-A *method* turns a batch of 2D planes ``(B, 1, H, W)`` into ``(B, 1, H * fh, W * fw)``. The
-classical ones (``bicubic``, ``bspline``) are registered here; the diffusion methods
-(``partdiff``, ``sr3``) and the ``regression`` network register themselves the same way, so the
-CLI, reports and benchmarks never need to know which kind they run.
+A *method* turns a batch of 2D planes ``(B, 1, H, W)`` into ``(B, 1, H * fh, W * fw)``. All of
+them are registered here the same way: the classical ``bicubic`` and ``bspline``, and the
+learned ``partdiff``, ``sr3`` and ``regression`` that run a trained model through
+:class:`~mrisr.diffusion.PartialDiffusionInferer`. The CLI, reports and benchmarks never need
+to know which kind they run.
+
+Learned methods work on intensities normalised per volume (robust percentiles to [-1, 1], as in
+training); the loop maps the output back to the input's units. Stochastic samplers draw their
+noise from one generator per plane, seeded from ``(seed, sample, plane index)``, so results do
+not depend on the batch size.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ __all__ = [
     "resolve_device",
     "UpsampleResult",
     "upsample_volume",
+    "plane_seed",
 ]
 
 logger = logging.getLogger(__name__)
@@ -40,12 +47,22 @@ Device = Literal["auto", "cpu", "cuda"]
 
 
 class PlaneUpsampler(Protocol):
-    """What a method builds: a callable on plane batches that counts its network evaluations."""
+    """What a method builds: a callable on plane batches that counts its network evaluations.
+
+    Attributes:
+        network_evaluations: network calls so far (0 for classical methods).
+        intensity: for learned methods, the robust percentiles ``(lower, upper)`` the input
+            volume must be normalised with; None to work in the input's units.
+        stochastic: whether different seeds give different results.
+    """
 
     network_evaluations: int
+    intensity: tuple[float, float] | None
+    stochastic: bool
 
-    def __call__(self, planes: torch.Tensor, factors: tuple[int, int]) -> torch.Tensor:
-        """Upsample ``(B, 1, H, W)`` planes by ``factors`` to ``(B, 1, H * fh, W * fw)``."""
+    def __call__(self, planes: torch.Tensor, factors: tuple[int, int], seeds: list[int]) -> torch.Tensor:
+        """Upsample ``(B, 1, H, W)`` planes by ``factors`` to ``(B, 1, H * fh, W * fw)``,
+        drawing plane ``i``'s randomness from ``seeds[i]``."""
         ...
 
 
@@ -122,16 +139,20 @@ def resolve_device(device: str) -> torch.device:
 class _Bicubic:
     device: torch.device
     network_evaluations: int = 0
+    intensity: tuple[float, float] | None = None
+    stochastic: bool = False
 
-    def __call__(self, planes: torch.Tensor, factors: tuple[int, int]) -> torch.Tensor:
+    def __call__(self, planes: torch.Tensor, factors: tuple[int, int], seeds: list[int]) -> torch.Tensor:
         return bicubic_upsample(planes.to(self.device, torch.float32), factors)
 
 
 @dataclass
 class _BSpline:
     network_evaluations: int = 0
+    intensity: tuple[float, float] | None = None
+    stochastic: bool = False
 
-    def __call__(self, planes: torch.Tensor, factors: tuple[int, int]) -> torch.Tensor:
+    def __call__(self, planes: torch.Tensor, factors: tuple[int, int], seeds: list[int]) -> torch.Tensor:
         out = bspline_upsample(planes[:, 0].detach().cpu().numpy(), factors)
         return torch.from_numpy(out)[:, None]
 
@@ -147,7 +168,116 @@ def _build_bspline(**_: Any) -> PlaneUpsampler:
 
 
 # --------------------------------------------------------------------------------------------
+# learned methods
+
+Precision = Literal["fp32", "bf16"]
+# method -> the training objectives whose models it can run
+_OBJECTIVES_FOR = {"partdiff": ("partdiff", "sr3"), "sr3": ("sr3",), "regression": ("regression",)}
+
+
+@dataclass
+class _Learned:
+    """A trained model behind the PlaneUpsampler interface."""
+
+    model: Any  # mrisr.models.LoadedModel
+    method: str
+    sampler: str
+    steps: int | None
+    device: torch.device
+    network_evaluations: int = 0
+    intensity: tuple[float, float] | None = None
+    stochastic: bool = True
+
+    @property
+    def steps_run(self) -> int:
+        """Network evaluations per plane: the steps this configuration actually runs."""
+        from mrisr.diffusion import DEFAULT_DDIM_STEPS, ddim_steps
+
+        inferer = self.model.inferer
+        if self.method == "regression":
+            return 1
+        if self.sampler == "ddim":
+            start = inferer.inference_schedule.num_steps if self.method == "sr3" else inferer.k
+            return len(ddim_steps(start, self.steps or DEFAULT_DDIM_STEPS))
+        if self.method == "sr3":
+            return inferer.inference_schedule.num_steps
+        return self.steps or inferer.k
+
+    def __call__(self, planes: torch.Tensor, factors: tuple[int, int], seeds: list[int]) -> torch.Tensor:
+        condition = bicubic_upsample(planes.to(self.device, torch.float32), factors)
+        generators = [torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
+        out = self.model.inferer.sample(condition, self.model.network, method=self.method, sampler=self.sampler,
+                                        steps=self.steps, generators=generators)
+        self.network_evaluations += self.model.inferer.network_evaluations
+        return out
+
+
+def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, model: str | None = None,
+                   sampler: str | None = None, steps: int | None = None, precision: Precision | None = None,
+                   **_: Any) -> PlaneUpsampler:
+    from mrisr.diffusion import SAMPLERS
+    from mrisr.models import load_model
+
+    if model is None:
+        raise ConfigError(f"--method {method} needs a trained model: no default {method} model ships with this "
+                          "version of mrisr yet; pass --model PATH (a checkpoint written by mrisr train)")
+    precision = precision or "bf16"
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    loaded = load_model(model, device=device, autocast_dtype=dtype)
+    if loaded.objective not in _OBJECTIVES_FOR[method]:
+        raise ConfigError(f"--method {method} needs a model trained with objective "
+                          f"{' or '.join(_OBJECTIVES_FOR[method])}, but {loaded.path.name} was trained for "
+                          f"{loaded.objective}")
+    if (loaded.plane, loaded.factor) != (plan.plane, plan.factor):
+        raise ConfigError(f"{loaded.path.name} was trained for --plane {loaded.plane} --factor {loaded.factor}, "
+                          f"not --plane {plan.plane} --factor {plan.factor}")
+    sampler = sampler or "ancestral"
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ConfigError(f"--steps must be an integer >= 1, got {steps!r}")
+    inferer = loaded.inferer
+    if method == "partdiff" and sampler == "ancestral" and steps is not None:
+        if loaded.objective == "partdiff" and steps != inferer.k:
+            raise ConfigError(f"{loaded.path.name} is latent-aligned for K = {inferer.k} (noise level "
+                              f"{inferer.k_noise_level:g}); --steps {steps} would start it elsewhere. Use "
+                              f"--steps {inferer.k}, or an SR3 model for other K")
+        if steps > inferer.inference_schedule.num_steps:
+            raise ConfigError(f"--steps {steps} exceeds the {inferer.inference_schedule.num_steps} steps of the "
+                              "inference schedule")
+    if method == "regression" and (steps is not None or sampler != "ancestral"):
+        raise ConfigError("--steps and --sampler do not apply to --method regression (one network pass)")
+    norm = loaded.config.get("normalisation", {})
+    return _Learned(model=loaded, method=method, sampler=sampler, steps=steps, device=device,
+                    intensity=(float(norm.get("lower", 0.5)), float(norm.get("upper", 99.5))),
+                    # ancestral steps add noise; DDIM is deterministic given its noisy start
+                    stochastic=method != "regression")
+
+
+@register_method("partdiff", "Partial Diffusion: start at step K from the diffused LR image (--model)", learned=True)
+def _build_partdiff(**kwargs: Any) -> PlaneUpsampler:
+    return _build_learned("partdiff", **kwargs)
+
+
+@register_method("sr3", "SR3: ancestral sampling from pure noise through the whole schedule (--model)", learned=True)
+def _build_sr3(**kwargs: Any) -> PlaneUpsampler:
+    return _build_learned("sr3", **kwargs)
+
+
+@register_method("regression", "the same network predicting the HR image in one pass (--model)", learned=True)
+def _build_regression(**kwargs: Any) -> PlaneUpsampler:
+    return _build_learned("regression", **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
 # the volume loop
+
+
+def plane_seed(seed: int, sample: int, plane: int) -> int:
+    """The seed of one plane's generator: independent of the batch the plane runs in."""
+    return int(np.random.SeedSequence([seed, sample, plane]).generate_state(1)[0])
 
 
 @dataclass
@@ -160,6 +290,7 @@ class UpsampleResult:
     device: str
     seconds: float
     network_evaluations: int
+    std_volume: Volume | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
@@ -177,7 +308,7 @@ class UpsampleResult:
 
 def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None = None,
                     method: str = "bicubic", device: str = "cpu", batch_size: int = 8,
-                    seed: int = 0, progress: bool = False, **options: Any) -> UpsampleResult:
+                    seed: int = 0, samples: int = 1, progress: bool = False, **options: Any) -> UpsampleResult:
     """Upsample a volume in-plane or through-plane, one batch of 2D planes at a time.
 
     Args:
@@ -189,40 +320,81 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
         device: ``auto``, ``cpu`` or ``cuda``.
         batch_size: planes per call of the method.
         seed: seed of stochastic methods.
+        samples: how many stochastic samples to average; with ``samples > 1`` the result also
+            holds their per-voxel standard deviation (an uncertainty map).
         progress: show a progress bar on stderr (it appears only after about a second).
-        options: passed to the method's builder.
+        options: for learned methods: ``model`` (path), ``sampler``, ``steps``, ``precision``.
 
     Returns:
         The result, whose volume has the plan's output shape and affine.
 
     Raises:
-        GeometryError, ConfigError: bad plane, factor, axis, method, device or batch size.
+        GeometryError, ConfigError, InputError: bad plane, factor, axis, method, device, batch
+            size, model or option combination.
     """
     from tqdm.auto import tqdm
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ConfigError(f"samples must be an integer >= 1, got {samples!r}")
     plan = plan_upsampling(volume.shape, volume.affine, plane, factor, axis)
     spec = get_method(method)
+    given = sorted(k for k, v in options.items() if v is not None)
+    if not spec.learned and given:
+        raise ConfigError(f"--method {method} takes no {', '.join('--' + k for k in given)} "
+                          "(those are for partdiff, sr3 and regression)")
     dev = resolve_device(device)
     upsampler = spec.build(device=dev, seed=seed, plan=plan, **options)
+    if samples > 1 and not upsampler.stochastic:
+        raise ConfigError(f"--samples {samples} needs a stochastic method; {method} gives the same result every time")
 
     start = time.perf_counter()
-    planes = torch.from_numpy(np.ascontiguousarray(to_planes(volume.data, plan)))  # (N, H, W)
-    out_planes = np.empty((plan.n_planes, *(plan.output_shape[a] for a in plan.plane_axes)), np.float32)
-    with tqdm(total=plan.n_planes, desc=f"{method} x{factor} {plane}-plane", unit="plane",
-              disable=not progress, delay=1.0, leave=False) as bar:
+    data = volume.data
+    intensity = None
+    if upsampler.intensity is not None:
+        from mrisr.transforms import robust_range
+
+        intensity = robust_range(data, *upsampler.intensity)
+        data = intensity.normalise(data)
+    planes = torch.from_numpy(np.ascontiguousarray(to_planes(data, plan), dtype=np.float32))  # (N, H, W)
+    out_shape = (plan.n_planes, *(plan.output_shape[a] for a in plan.plane_axes))
+    mean = np.zeros(out_shape, np.float64)
+    m2 = np.zeros(out_shape, np.float64) if samples > 1 else None
+    desc = f"{method} x{factor} {plane}-plane" + (f", {samples} samples" if samples > 1 else "")
+    with tqdm(total=plan.n_planes * samples, desc=desc, unit="plane", disable=not progress, delay=1.0,
+              leave=False) as bar:
         for lo in range(0, plan.n_planes, batch_size):
             batch = planes[lo:lo + batch_size, None].to(dev)
-            with torch.inference_mode():
-                up = upsampler(batch, plan.plane_factors)
-            out_planes[lo:lo + len(batch)] = up[:, 0].float().cpu().numpy()
-            bar.update(len(batch))
-    data = from_planes(out_planes, plan)
+            for s in range(samples):
+                seeds = [plane_seed(seed, s, lo + i) for i in range(len(batch))]
+                with torch.inference_mode():
+                    up = upsampler(batch, plan.plane_factors, seeds)[:, 0].float().cpu().numpy()
+                # Welford's running mean and sum of squared deviations
+                delta = up - mean[lo:lo + len(batch)]
+                mean[lo:lo + len(batch)] += delta / (s + 1)
+                if m2 is not None:
+                    m2[lo:lo + len(batch)] += delta * (up - mean[lo:lo + len(batch)])
+                bar.update(len(batch))
+    if intensity is not None:
+        mean = intensity.denormalise(mean)
+    std_volume = None
+    if m2 is not None:
+        std = np.sqrt(m2 / (samples - 1))  # sample standard deviation across the N samples
+        if intensity is not None:
+            std = std * intensity.scale  # back to the input's units (scale only, no offset)
+        std_volume = volume.with_data(from_planes(std, plan), plan.output_affine, mrisr_method=method,
+                                      mrisr_map="std")
     seconds = time.perf_counter() - start
-    logger.info("%s x%d %s-plane: %s -> %s in %.2f s", method, factor, plane, plan.input_shape,
-                plan.output_shape, seconds)
-    out = volume.with_data(data, plan.output_affine, mrisr_method=method, mrisr_plane=plane,
+    logger.info("%s x%d %s-plane: %s -> %s in %.2f s, %d network evaluations", method, factor, plane,
+                plan.input_shape, plan.output_shape, seconds, upsampler.network_evaluations)
+    out = volume.with_data(from_planes(mean, plan), plan.output_affine, mrisr_method=method, mrisr_plane=plane,
                            mrisr_factor=factor)
+    extras: dict[str, Any] = {}
+    if spec.learned:
+        extras = {"sampler": getattr(upsampler, "sampler", None), "steps": getattr(upsampler, "steps_run", None),
+                  "seed": seed, "samples": samples, "model": str(options.get("model")),
+                  "precision": options.get("precision") or "bf16"}
     return UpsampleResult(volume=out, plan=plan, method=method, device=str(dev), seconds=seconds,
-                          network_evaluations=int(upsampler.network_evaluations))
+                          network_evaluations=int(upsampler.network_evaluations), std_volume=std_volume,
+                          extras=extras)

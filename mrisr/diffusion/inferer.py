@@ -1,0 +1,166 @@
+"""``PartialDiffusionInferer``: the MONAI-style entry point to training losses and sampling.
+
+MONAI's ``DiffusionInferer.sample`` always starts from pure noise and runs every timestep, and
+its ``DDPMScheduler.step`` is only exact at stride 1, so partial diffusion gets its own inferer
+with the same call shape: ``inferer(inputs, network, ...)`` is the training loss and
+``inferer.sample(lowres, network, ...)`` runs a sampler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any, Literal, get_args
+
+import torch
+from monai.inferers import Inferer
+
+from mrisr.diffusion.objectives import OBJECTIVES, LossType, Objective, predict_noise, predict_regression, training_loss
+from mrisr.diffusion.samplers import (SAMPLERS, Generators, SamplerName, ancestral_sample, ddim_sample, partial_start,
+                                      randn)
+from mrisr.diffusion.schedules import INFERENCE_SCHEDULE, TRAINING_SCHEDULE, NoiseSchedule
+from mrisr.errors import ConfigError
+
+__all__ = ["SampleMethod", "SAMPLE_METHODS", "PartialDiffusionInferer", "DEFAULT_DDIM_STEPS"]
+
+SampleMethod = Literal["partdiff", "sr3", "regression"]
+SAMPLE_METHODS: tuple[str, ...] = get_args(SampleMethod)
+DEFAULT_DDIM_STEPS = 8
+
+
+def _schedule(value: NoiseSchedule | dict | None, default: dict) -> NoiseSchedule:
+    if value is None:
+        return NoiseSchedule(**default)
+    if isinstance(value, NoiseSchedule):
+        return value
+    return NoiseSchedule.from_config(dict(value))
+
+
+class PartialDiffusionInferer(Inferer):
+    """Training loss and samplers of PartDiff / SR3 / regression for one network.
+
+    Args:
+        objective: what the network was (or is being) trained for: ``"partdiff"`` (latent
+            alignment for ``t <= K``), ``"sr3"`` (noise prediction over the whole schedule) or
+            ``"regression"``.
+        train_schedule: the training schedule (default Linear(5e-5, 0.01, 2000)).
+        inference_schedule: the sampling schedule (default Linear(1e-5, 0.213, 100)).
+        k_noise_level: partial-diffusion threshold ``sqrt(alpha_bar_K)`` (0.25 <-> K = 50 with
+            the default inference schedule).
+        loss: ``"l1"`` (SR3's choice) or ``"l2"`` distance to the noise.
+        clip_denoised: clip predicted clean images to ``[-clip, clip]`` while sampling (None:
+            off; intensities are normalised to about [-1, 1], bright tails go beyond).
+        autocast_dtype: run the network under ``torch.autocast`` with this dtype while sampling
+            (e.g. ``torch.bfloat16``); None runs it in its own precision.
+
+    Attributes:
+        network_evaluations: network calls made by the last :meth:`sample`.
+    """
+
+    def __init__(self, objective: Objective = "partdiff", train_schedule: NoiseSchedule | dict | None = None,
+                 inference_schedule: NoiseSchedule | dict | None = None, k_noise_level: float = 0.25,
+                 loss: LossType = "l1", clip_denoised: float | None = None,
+                 autocast_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        self.objective = objective
+        self.train_schedule = _schedule(train_schedule, TRAINING_SCHEDULE)
+        self.inference_schedule = _schedule(inference_schedule, INFERENCE_SCHEDULE)
+        self.k_noise_level = float(k_noise_level)
+        self.k = self.inference_schedule.k_for_noise_level(self.k_noise_level)
+        self.loss = loss
+        self.clip_denoised = clip_denoised
+        self.autocast_dtype = autocast_dtype
+        self.network_evaluations = 0
+
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild this inferer (saved with a model's weights)."""
+        return {"objective": self.objective, "train_schedule": self.train_schedule.config(),
+                "inference_schedule": self.inference_schedule.config(), "k_noise_level": self.k_noise_level,
+                "loss": self.loss, "clip_denoised": self.clip_denoised}
+
+    def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, condition: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None, **kwargs: Any) -> torch.Tensor:
+        """The training loss of one batch.
+
+        Args:
+            inputs: ``(B, C, H, W)`` high-resolution images.
+            network: the noise-predicting network.
+            condition: ``(B, C, H, W)`` bicubic-upsampled low-resolution images.
+            generator: seeded generator for noise levels and noise.
+
+        Returns:
+            A scalar loss.
+        """
+        if condition is None:
+            if not args:
+                raise ConfigError("PartialDiffusionInferer needs the condition (upsampled low-resolution image)")
+            condition = args[0]
+        if condition.shape != inputs.shape:
+            raise ConfigError(f"condition {tuple(condition.shape)} and inputs {tuple(inputs.shape)} differ in shape")
+        return training_loss(network, inputs, condition, self.objective, self.train_schedule,
+                             self.k_noise_level if self.objective == "partdiff" else None, self.loss, generator)
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None or self.autocast_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+    def _eps_model(self, network: Callable, lowres: torch.Tensor) -> Callable:
+        def eps(x_t: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+            self.network_evaluations += 1
+            with self._autocast(x_t.device):
+                return predict_noise(network, x_t.to(lowres.dtype), lowres, level).float()
+
+        return eps
+
+    @torch.no_grad()
+    def sample(self, lowres: torch.Tensor, network: Callable, method: SampleMethod = "partdiff",
+               sampler: SamplerName = "ancestral", steps: int | None = None, k: int | None = None,
+               generators: Generators = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Super-resolve a batch.
+
+        Args:
+            lowres: ``(B, C, H, W)`` low-resolution images already bicubic-upsampled to the output
+                size (the network's condition), normalised like the training data.
+            network: the trained network.
+            method: ``"partdiff"`` starts at ``x_K`` from the diffused ``lowres``; ``"sr3"``
+                starts from pure noise at ``T``; ``"regression"`` is one forward pass.
+            sampler: ``"ancestral"`` (one network evaluation per step) or ``"ddim"``
+                (deterministic, ``steps`` evaluations).
+            steps: for ``ancestral`` partdiff, K (default: this inferer's K); for ``ddim``, the
+                number of network evaluations (default 8); ignored by ``sr3`` ancestral, which
+                runs every step of the inference schedule.
+            k: the partial-diffusion start for ``ddim`` (default: this inferer's K).
+            generators: noise source, ideally one seeded generator per sample.
+            progress: called with 1 after each network evaluation.
+
+        Returns:
+            ``(B, C, H, W)`` float32.
+        """
+        if method not in SAMPLE_METHODS:
+            raise ConfigError(f"method must be one of {', '.join(SAMPLE_METHODS)}, got {method!r}")
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        self.network_evaluations = 0
+        if method == "regression":
+            with self._autocast(lowres.device):
+                self.network_evaluations = 1
+                out = predict_regression(network, lowres).float()
+            if progress is not None:
+                progress(1)
+            return out
+        schedule = self.inference_schedule
+        eps_model = self._eps_model(network, lowres)
+        noise = randn(lowres.shape, generators, lowres.device)
+        if method == "sr3":
+            start_k = schedule.num_steps
+            x_start = noise
+        else:
+            start_k = (steps if sampler == "ancestral" and steps is not None else k) or self.k
+            x_start = partial_start(lowres, schedule, start_k, noise)
+        if sampler == "ancestral":
+            return ancestral_sample(eps_model, x_start, schedule, start_k, generators, self.clip_denoised, progress)
+        return ddim_sample(eps_model, x_start, schedule, start_k, steps or DEFAULT_DDIM_STEPS,
+                           self.clip_denoised, progress)

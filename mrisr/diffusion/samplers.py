@@ -1,0 +1,153 @@
+"""Samplers: SR3 ancestral from noise, PartDiff partial ancestral from the diffused LR image,
+and a deterministic DDIM-style partial sampler with few network evaluations.
+
+Each takes an *eps model* ``eps_model(x_t, noise_level) -> eps`` (the condition already bound),
+a start latent and an inference :class:`~mrisr.diffusion.schedules.NoiseSchedule`; all math
+runs in float32 whatever precision the network uses. Randomness comes from one generator per
+sample, so a plane's result does not depend on which other planes share its batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal, get_args
+
+import torch
+
+from mrisr.diffusion.schedules import NoiseSchedule
+from mrisr.errors import ConfigError
+
+__all__ = [
+    "SamplerName",
+    "SAMPLERS",
+    "EpsModel",
+    "Generators",
+    "randn",
+    "partial_start",
+    "ancestral_sample",
+    "ddim_steps",
+    "ddim_sample",
+]
+
+SamplerName = Literal["ancestral", "ddim"]
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn(shape: Sequence[int], generators: Generators, device: torch.device | str = "cpu",
+          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal noise; with a list of generators, sample ``i`` uses generator ``i``."""
+    if generators is None or isinstance(generators, torch.Generator):
+        gen_device = generators.device if isinstance(generators, torch.Generator) else device
+        return torch.randn(tuple(shape), generator=generators, device=gen_device, dtype=dtype).to(device)
+    gens = list(generators)
+    if len(gens) != shape[0]:
+        raise ValueError(f"{len(gens)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype).to(device)
+                        for g in gens])
+
+
+def _clip(x0: torch.Tensor, clip: float | None) -> torch.Tensor:
+    return x0 if clip is None else x0.clamp(-clip, clip)
+
+
+def _level(schedule: NoiseSchedule, t: int, batch: int, device: torch.device) -> torch.Tensor:
+    return torch.full((batch,), schedule.noise_level(t), dtype=torch.float32, device=device)
+
+
+def _check_k(schedule: NoiseSchedule, k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= schedule.num_steps:
+        raise ConfigError(f"K must be an integer in 1..{schedule.num_steps}, got {k!r}")
+    return k
+
+
+def partial_start(lowres: torch.Tensor, schedule: NoiseSchedule, k: int, noise: torch.Tensor) -> torch.Tensor:
+    """``x_K = sqrt(alpha_bar_K) x_LR + sqrt(1 - alpha_bar_K) eps``: the diffused low-resolution
+    image PartDiff starts from (Sec. 4.2)."""
+    _check_k(schedule, k)
+    return schedule.add_noise(lowres.float(), noise.float(), schedule.noise_level(k))
+
+
+def ancestral_sample(eps_model: EpsModel, x_start: torch.Tensor, schedule: NoiseSchedule, k: int,
+                     generators: Generators = None, clip: float | None = None,
+                     progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Run the ancestral reverse process from step ``k`` down to 0.
+
+    Each step predicts ``eps``, forms ``x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)``
+    (Eq. 4), optionally clips it, and samples ``x_{t-1}`` from the posterior ``q(x_{t-1} | x_t,
+    x0)`` (Eq. 5-7). Unclipped, the mean is computed directly as Eq. (14), which is the same
+    mean without dividing by ``sqrt(alpha_bar_t)``. The last step adds no noise.
+
+    Args:
+        eps_model: ``(x_t, noise_level (B,)) -> eps``.
+        x_start: ``(B, C, H, W)`` latent at step ``k`` (pure noise for SR3 with ``k = T``).
+        schedule: the inference schedule.
+        k: the start step.
+        generators: noise source (one generator per sample for batch-independent results).
+        clip: clip predicted ``x0`` to ``[-clip, clip]`` (None: no clipping).
+        progress: called with 1 after each network evaluation.
+
+    Returns:
+        ``x_0``, float32.
+    """
+    _check_k(schedule, k)
+    x = x_start.float()
+    for t in range(k, 0, -1):
+        level = _level(schedule, t, x.shape[0], x.device)
+        eps = eps_model(x, level).float()
+        ab = float(schedule.alpha_bar[t])
+        coef_x0, coef_xt, variance = schedule.posterior(t)
+        if clip is None:  # Eq. (14): stable even where alpha_bar_t is ~0
+            x = (x - float(schedule.betas[t]) / math.sqrt(1.0 - ab) * eps) / math.sqrt(float(schedule.alphas[t]))
+        else:
+            x0 = _clip((x - math.sqrt(1.0 - ab) * eps) / math.sqrt(ab), clip)
+            x = coef_x0 * x0 + coef_xt * x
+        if t > 1 and variance > 0:
+            x = x + math.sqrt(variance) * randn(x.shape, generators, x.device)
+        if progress is not None:
+            progress(1)
+    return x
+
+
+def ddim_steps(k: int, n: int) -> list[int]:
+    """``n`` steps from ``k`` down to 1, evenly spaced (rounded, distinct). Ending at step 1
+    matters for latent-aligned models: their clean-image prediction is fully high-resolution
+    only at the lowest noise levels."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"the number of DDIM steps must be an integer >= 1, got {n!r}")
+    if n >= k:
+        return list(range(k, 0, -1))
+    if n == 1:
+        return [k]
+    steps = sorted({round(k - i * (k - 1) / (n - 1)) for i in range(n)}, reverse=True)
+    return steps
+
+
+def ddim_sample(eps_model: EpsModel, x_start: torch.Tensor, schedule: NoiseSchedule, k: int, n_steps: int,
+                clip: float | None = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0) from step ``k`` with ``n_steps`` network evaluations.
+
+    Between chosen steps ``tau > tau'``: ``x0 = (x_tau - sqrt(1 - ab_tau) eps) / sqrt(ab_tau)``,
+    ``x_tau' = sqrt(ab_tau') x0 + sqrt(1 - ab_tau') eps``; the final jump goes to
+    ``alpha_bar_0 = 1``, i.e. returns the last ``x0``.
+
+    Returns:
+        ``x_0``, float32.
+    """
+    _check_k(schedule, k)
+    steps = ddim_steps(k, n_steps)
+    x = x_start.float()
+    for i, t in enumerate(steps):
+        level = _level(schedule, t, x.shape[0], x.device)
+        eps = eps_model(x, level).float()
+        ab = float(schedule.alpha_bar[t])
+        x0 = _clip((x - math.sqrt(1.0 - ab) * eps) / math.sqrt(ab), clip)
+        if clip is not None:  # keep eps consistent with the clipped x0
+            eps = (x - math.sqrt(ab) * x0) / math.sqrt(1.0 - ab)
+        ab_next = float(schedule.alpha_bar[steps[i + 1]]) if i + 1 < len(steps) else 1.0
+        x = math.sqrt(ab_next) * x0 + math.sqrt(1.0 - ab_next) * eps
+        if progress is not None:
+            progress(1)
+    return x

@@ -1,0 +1,175 @@
+"""Trained models on disk: weights plus the full config needed to rebuild and run them.
+
+Two containers, both safe to open (no arbitrary unpickling):
+
+* ``.safetensors``: weights, with the config as JSON in the file's metadata (``mrisr_config``).
+  This is what ships.
+* ``.pt`` / ``.pth``: a training checkpoint (``mrisr train``) read with
+  ``torch.load(weights_only=True)``: a dict with ``config``, ``model`` and optionally ``ema``
+  state dicts (EMA weights are preferred for inference).
+
+The config holds ``network`` (keyword arguments of :class:`~mrisr.networks.SR3UNet`),
+``inferer`` (objective, schedules, K threshold, loss, clipping), ``normalisation`` (robust
+percentiles) and ``task`` (plane, factor, degradation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mrisr.diffusion.inferer import PartialDiffusionInferer
+from mrisr.errors import ConfigError, InputError
+from mrisr.networks import SR3UNet
+
+__all__ = ["FORMAT", "LoadedModel", "model_config", "save_model", "load_model", "sha256"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "mrisr-model/1"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def model_config(network: dict[str, Any], inferer: PartialDiffusionInferer, plane: str, factor: int,
+                 normalisation: dict[str, Any] | None = None, degradation: dict[str, Any] | None = None,
+                 **extra: Any) -> dict[str, Any]:
+    """Assemble a model config from its parts (the layout :func:`load_model` expects)."""
+    return {
+        "format": FORMAT,
+        "network": dict(network),
+        "inferer": inferer.config(),
+        "normalisation": normalisation or {"kind": "robust", "lower": 0.5, "upper": 99.5},
+        "task": {"plane": plane, "factor": int(factor), "degradation": degradation or {}},
+        **extra,
+    }
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference, with its config and an inferer built from it."""
+
+    network: torch.nn.Module
+    config: dict[str, Any]
+    inferer: PartialDiffusionInferer
+    path: Path
+
+    @property
+    def objective(self) -> str:
+        return self.inferer.objective
+
+    @property
+    def plane(self) -> str:
+        return self.config["task"]["plane"]
+
+    @property
+    def factor(self) -> int:
+        return int(self.config["task"]["factor"])
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_model(path: str | os.PathLike, network: torch.nn.Module | dict[str, torch.Tensor], config: dict[str, Any],
+               dtype: str = "float32") -> Path:
+    """Write weights and config to ``.safetensors``, atomically.
+
+    Args:
+        path: output file (``.safetensors``).
+        network: the module or its state dict.
+        config: from :func:`model_config`.
+        dtype: ``float32``, ``float16`` or ``bfloat16`` for the stored weights.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(path)
+    if out.suffix != ".safetensors":
+        raise ConfigError(f"model files are .safetensors, got {out.name}")
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    state = network.state_dict() if isinstance(network, torch.nn.Module) else network
+    tensors = {k: v.detach().to("cpu", _DTYPES[dtype] if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in state.items()}
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"mrisr_config": json.dumps(config, sort_keys=True)})
+    os.replace(tmp, out)
+    return out
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                state = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as exc:
+            raise InputError(f"{path} is not a readable safetensors model: {exc}") from exc
+        if "mrisr_config" not in meta:
+            raise InputError(f"{path} has no mrisr config in its metadata; was it written by mrisr?")
+        return json.loads(meta["mrisr_config"]), state
+    if path.suffix in (".pt", ".pth"):
+        try:
+            blob = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise InputError(f"{path} is not a readable mrisr checkpoint: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(blob, dict) or "config" not in blob or "model" not in blob:
+            raise InputError(f"{path} is not an mrisr checkpoint (needs 'config' and 'model')")
+        state = blob.get("ema") or blob["model"]
+        config = blob["config"]
+        if isinstance(config, str):
+            config = json.loads(config)
+        return config, state
+    raise InputError(f"model {path} must be .safetensors, .pt or .pth")
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", expected_sha256: str | None = None,
+               autocast_dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load a model for inference (eval mode, float32 weights on ``device``).
+
+    Args:
+        path: ``.safetensors`` or a training checkpoint ``.pt``.
+        device: where to put the network.
+        expected_sha256: refuse the file if its checksum differs (shipped models).
+        autocast_dtype: precision the inferer runs the network in while sampling.
+
+    Raises:
+        InputError: missing, unreadable, wrong checksum, or a config that does not build.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"model not found: {p}")
+    if expected_sha256 is not None:
+        actual = sha256(p)
+        if actual != expected_sha256:
+            raise InputError(f"model {p} fails its checksum (sha256 {actual[:12]}..., expected "
+                             f"{expected_sha256[:12]}...); reinstall mrisr")
+    config, state = _read(p)
+    if config.get("format") != FORMAT:
+        raise InputError(f"{p} has model format {config.get('format')!r}; this mrisr reads {FORMAT}")
+    try:
+        network = SR3UNet(**config["network"])
+        inferer = PartialDiffusionInferer(**config["inferer"], autocast_dtype=autocast_dtype)
+    except (TypeError, ValueError, KeyError, ConfigError) as exc:
+        raise InputError(f"{p} has a config mrisr cannot build: {exc}") from exc
+    try:
+        network.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as exc:
+        raise InputError(f"{p}: weights do not match its network config: {str(exc).splitlines()[0]}") from exc
+    network.to(device).eval()
+    for param in network.parameters():
+        param.requires_grad_(False)
+    logger.info("loaded %s model %s (%s x%s)", inferer.objective, p, config["task"]["plane"], config["task"]["factor"])
+    return LoadedModel(network=network, config=config, inferer=inferer, path=p)

@@ -1,0 +1,294 @@
+"""The diffusion math against closed forms, oracle denoisers and real training."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mrisr.diffusion import (PartialDiffusionInferer, NoiseSchedule, alignment_weight, ancestral_sample, ddim_sample,
+                             ddim_steps, inference_schedule, noisy_input, partial_start, predict_noise,
+                             training_schedule)
+from mrisr.errors import ConfigError
+from mrisr.networks import SR3UNet, network_config
+
+
+def test_paper_schedules_and_k():
+    inf = inference_schedule()
+    assert inf.num_steps == 100 and inf.k_for_noise_level(0.25) == 50
+    assert inf.noise_level(50) == pytest.approx(0.2548, abs=1e-3)  # "about 0.25" (Sec. 5.1.2)
+    assert inf.noise_level(50) >= 0.25 > inf.noise_level(51)
+    assert inf.k_for_noise_level(inf.noise_level(25)) == 25
+    tr = training_schedule()
+    assert tr.num_steps == 2000
+    np.testing.assert_allclose(tr.betas[1:].numpy(), np.linspace(5e-5, 0.01, 2000))
+    np.testing.assert_allclose(tr.alpha_bar[1:].numpy(), np.cumprod(1 - np.linspace(5e-5, 0.01, 2000)))
+    assert tr.alpha_bar[0] == 1.0
+    with pytest.raises(ConfigError):
+        inf.k_for_noise_level(1.5)
+
+
+def test_schedule_config_round_trip():
+    for sched in (training_schedule(), inference_schedule(), NoiseSchedule("cosine", 1000, 1e-4, 0.999)):
+        again = NoiseSchedule.from_config(sched.config())
+        assert again == sched
+        torch.testing.assert_close(again.alpha_bar, sched.alpha_bar)
+    cos = NoiseSchedule("cosine", 1000, 1e-4, 0.999)
+    assert torch.all(torch.diff(cos.alpha_bar) < 0) and cos.alpha_bar[-1] < 1e-3
+    with pytest.raises(ConfigError, match="unknown noise schedule keys"):
+        NoiseSchedule.from_config({"kind": "linear", "steps": 3})
+
+
+def test_forward_closed_form_matches_iterated_chain():
+    """q(x_t | x_0) (Eq. 3) against running Eq. (2) step by step, by moments."""
+    sched = NoiseSchedule("linear", 200, 1e-4, 0.05)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.tensor([1.5, -0.7], dtype=torch.float64)
+    n = 200_000
+    x = x0.repeat(n, 1)
+    for t in range(1, 121):
+        beta = float(sched.betas[t])
+        x = math.sqrt(1 - beta) * x + math.sqrt(beta) * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        if t in (10, 60, 120):
+            ab = float(sched.alpha_bar[t])
+            mean, var = x.mean(0), x.var(0)
+            tol = 5 * math.sqrt(var.max().item() / n)
+            torch.testing.assert_close(mean, math.sqrt(ab) * x0, atol=tol, rtol=0)
+            torch.testing.assert_close(var, torch.full_like(var, 1 - ab), atol=0.01 * (1 - ab) + 1e-4, rtol=0)
+    # add_noise is Eq. (4)
+    eps = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    xs = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    g = sched.noise_level(60)
+    torch.testing.assert_close(sched.add_noise(xs, eps, g), g * xs + math.sqrt(1 - g * g) * eps)
+
+
+@pytest.mark.parametrize("t", [1, 2, 37, 100])
+def test_posterior_matches_gaussian_conditioning(t):
+    """Eq. (5)-(7) against conditioning the joint Gaussian of (x_{t-1}, x_t) given x_0."""
+    sched = inference_schedule()
+    coef_x0, coef_xt, var = sched.posterior(t)
+    ab_prev, ab_t, alpha = (float(sched.alpha_bar[t - 1]), float(sched.alpha_bar[t]), float(sched.alphas[t]))
+    # x_{t-1} = sqrt(ab_prev) x0 + sqrt(1 - ab_prev) e1;  x_t = sqrt(alpha) x_{t-1} + sqrt(beta) e2
+    cov = math.sqrt(alpha) * (1 - ab_prev)  # Cov(x_{t-1}, x_t | x0)
+    var_xt = 1 - ab_t
+    gain = cov / var_xt
+    # E[x_{t-1} | x_t, x0] = sqrt(ab_prev) x0 + gain (x_t - sqrt(ab_t) x0)
+    assert coef_xt == pytest.approx(gain, rel=1e-10, abs=1e-12)
+    assert coef_x0 == pytest.approx(math.sqrt(ab_prev) - gain * math.sqrt(ab_t), rel=1e-9, abs=1e-12)
+    assert var == pytest.approx((1 - ab_prev) - cov * gain, rel=1e-9, abs=1e-15)
+    # and the eps form of the mean (Eq. 13-14)
+    x0, eps = 0.3, -1.1
+    xt = math.sqrt(ab_t) * x0 + math.sqrt(1 - ab_t) * eps
+    mean_eps_form = (xt - float(sched.betas[t]) / math.sqrt(1 - ab_t) * eps) / math.sqrt(alpha)
+    assert coef_x0 * x0 + coef_xt * xt == pytest.approx(mean_eps_form, rel=1e-9, abs=1e-12)
+
+
+def test_continuous_noise_levels():
+    sched = training_schedule()
+    steps = torch.tensor([0.0, 0.5, 1.0, 7.25, 1999.9, 2000.0], dtype=torch.float64)
+    levels = sched.noise_level_at(steps)
+    torch.testing.assert_close(levels[[0, 2, 5]], sched.noise_levels[[0, 1, 2000]])
+    torch.testing.assert_close(sched.continuous_step(levels), steps, atol=1e-6, rtol=0)
+    # WaveGrad sampling: t uniform, level uniform between sqrt(ab_t) and sqrt(ab_{t-1})
+    gen = torch.Generator().manual_seed(3)
+    drawn = sched.sample_noise_levels(200_000, gen)
+    t = torch.ceil(sched.continuous_step(drawn)).long().clamp(1, 2000)
+    counts = torch.bincount(t, minlength=2001)[1:].double()
+    assert counts.mean() == pytest.approx(100, rel=1e-9)
+    assert float(counts.std()) < 15  # ~sqrt(100) for uniform t
+    k_step = float(sched.continuous_step(torch.tensor([0.25], dtype=torch.float64)))
+    low = sched.sample_noise_levels(10_000, gen, max_step=k_step)
+    assert float(low.min()) >= 0.25 - 1e-9
+
+
+def test_alignment_weight_endpoints():
+    sched = training_schedule()
+    k_level = 0.25
+    at_k = alignment_weight(torch.tensor([k_level], dtype=torch.float64), sched, k_level)
+    assert float(at_k) == pytest.approx(0.0, abs=1e-9)
+    near_clean = alignment_weight(torch.tensor([1 - 1e-9], dtype=torch.float64), sched, k_level)
+    assert float(near_clean) == pytest.approx(1.0, abs=1e-3)
+    # linear in the continuous step: halfway in t -> lambda = 1/2
+    k_step = sched.continuous_step(torch.tensor([k_level], dtype=torch.float64))
+    half = sched.noise_level_at(k_step / 2)
+    assert float(alignment_weight(half, sched, k_level)) == pytest.approx(0.5, abs=1e-6)
+    noisier = alignment_weight(torch.tensor([0.1], dtype=torch.float64), sched, k_level)
+    assert float(noisier) == 0.0
+
+
+def test_latent_alignment_target_is_the_interpolated_posterior():
+    """Eq. (18): the mean lambda mu(x_t^HR, x0^HR) + (1 - lambda) mu(x_t^LR, x0^LR) equals the mean
+    the noise-parameterised model gives (Eq. 14) when it predicts exactly the training target."""
+    sched = training_schedule()
+    gen = torch.Generator().manual_seed(1)
+    hr = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
+    lr = hr + 0.3 * torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
+    eps = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
+    t = torch.tensor([5, 300, 900])
+    level = sched.noise_levels[t]
+    x_hat = noisy_input(hr, lr, "partdiff", sched, 0.25, eps, level)
+    lam = alignment_weight(level, sched, 0.25).view(-1, 1, 1, 1)
+    x_hr = sched.add_noise(hr, eps, level)
+    x_lr = sched.add_noise(lr, eps, level)
+    torch.testing.assert_close(x_hat, lam * x_hr + (1 - lam) * x_lr)  # the interpolated latent
+    for i, step in enumerate(t.tolist()):
+        c0, ct, _ = sched.posterior(step)
+        mu_hat = lam[i] * (c0 * hr[i] + ct * x_hr[i]) + (1 - lam[i]) * (c0 * lr[i] + ct * x_lr[i])
+        beta, ab = float(sched.betas[step]), float(sched.alpha_bar[step])
+        mu_theta = (x_hat[i] - beta / math.sqrt(1 - ab) * eps[i]) / math.sqrt(1 - beta)  # target eps
+        torch.testing.assert_close(mu_theta, mu_hat)
+
+
+class _Oracle(torch.nn.Module):
+    """A noise predictor that knows the true HR image: eps = (x_t - g HR) / sqrt(1 - g^2)."""
+
+    def __init__(self, hr: torch.Tensor) -> None:
+        super().__init__()
+        self.hr = hr
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        x_t = x[:, 1:]
+        g = level.view(-1, 1, 1, 1).to(x.dtype)
+        return (x_t - g * self.hr) / torch.sqrt(1 - g * g)
+
+
+def _pair(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    hr = torch.rand(2, 1, 16, 12, generator=gen) * 2 - 1
+    lowres = torch.nn.functional.avg_pool2d(hr, 4).repeat_interleave(4, -2).repeat_interleave(4, -1)
+    return hr, lowres
+
+
+@pytest.mark.parametrize("method,sampler,steps", [("sr3", "ancestral", None), ("partdiff", "ancestral", None),
+                                                  ("partdiff", "ancestral", 25), ("partdiff", "ddim", 4),
+                                                  ("partdiff", "ddim", 10), ("sr3", "ddim", 6)])
+def test_oracle_denoiser_recovers_the_hr_image(method, sampler, steps):
+    hr, lowres = _pair()
+    inferer = PartialDiffusionInferer(objective="sr3")
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    out = inferer.sample(lowres, _Oracle(hr), method=method, sampler=sampler, steps=steps, generators=gens)
+    torch.testing.assert_close(out, hr, atol=1e-4, rtol=0)
+    expect = {"sr3": 100, "partdiff": steps or 50} if sampler == "ancestral" else {method: steps}
+    assert inferer.network_evaluations == expect[method]
+    assert (lowres - hr).abs().max() > 0.1  # the task is not trivial
+
+
+def test_partdiff_at_k_equals_t_is_sr3():
+    """Where alpha_bar_T is ~0 the diffused LR image is pure noise: the same run for one seed."""
+    hr, lowres = _pair(1)
+    sched = NoiseSchedule("linear", 40, 1e-4, 0.999)
+    assert math.sqrt(float(sched.alpha_bar[-1])) < 1e-9
+    net = SR3UNet(**network_config("tiny"))
+    torch.manual_seed(0)
+    for p in net.parameters():  # a non-trivial network (the default init predicts zeros)
+        torch.nn.init.normal_(p, std=0.05)
+    inferer = PartialDiffusionInferer(objective="sr3", inference_schedule=sched)
+    gens = lambda: [torch.Generator().manual_seed(7 + i) for i in range(2)]  # noqa: E731
+    sr3 = inferer.sample(lowres, net, method="sr3", generators=gens())
+    part = inferer.sample(lowres, net, method="partdiff", steps=40, generators=gens())
+    torch.testing.assert_close(part, sr3, atol=1e-6, rtol=0)
+    assert float(sr3.abs().max()) > 0.1
+    # on the paper's schedule the starts differ by sqrt(alpha_bar_T) x_LR, about 0.003 x_LR
+    inferer = PartialDiffusionInferer(objective="sr3")
+    a = inferer.sample(lowres, net, method="sr3", generators=gens())
+    b = inferer.sample(lowres, net, method="partdiff", steps=100, generators=gens())
+    assert float((a - b).norm() / a.norm()) < 0.01
+
+
+def test_partial_start_and_ddim_steps():
+    sched = inference_schedule()
+    lowres = torch.ones(1, 1, 4, 4)
+    noise = torch.zeros(1, 1, 4, 4)
+    torch.testing.assert_close(partial_start(lowres, sched, 50, noise), torch.full((1, 1, 4, 4), sched.noise_level(50)))
+    assert ddim_steps(50, 4) == [50, 34, 17, 1]
+    assert ddim_steps(50, 10)[-1] == 1 and len(ddim_steps(50, 10)) == 10
+    assert ddim_steps(5, 10) == [5, 4, 3, 2, 1]
+    assert ddim_steps(50, 1) == [50]
+
+
+def test_sampling_is_deterministic_and_batch_independent():
+    hr, lowres = _pair(2)
+    net = SR3UNet(**network_config("tiny"))
+    torch.manual_seed(1)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    inferer = PartialDiffusionInferer(objective="sr3")
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    a = inferer.sample(lowres, net, method="partdiff", steps=10, generators=gens([3, 4]))
+    b = inferer.sample(lowres, net, method="partdiff", steps=10, generators=gens([3, 4]))
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    single = inferer.sample(lowres[1:], net, method="partdiff", steps=10, generators=gens([4]))
+    torch.testing.assert_close(single, a[1:], atol=1e-6, rtol=0)
+    c = inferer.sample(lowres, net, method="partdiff", steps=10, generators=gens([5, 6]))
+    assert float((a - c).abs().max()) > 1e-3  # a different seed gives a different sample
+
+
+def test_bf16_and_fp32_agree():
+    hr, lowres = _pair(3)
+    net = SR3UNet(**network_config("tiny"))
+    torch.manual_seed(2)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x = torch.cat([lowres, hr], dim=1)
+    level = torch.tensor([0.6, 0.9])
+    with torch.no_grad():
+        full = net(x, level)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = net(x, level).float()
+    rel = float((full - half).norm() / full.norm())
+    assert rel < 0.03, rel
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+    a = PartialDiffusionInferer(objective="sr3").sample(lowres, net, sampler="ddim", steps=6, generators=gens())
+    b = PartialDiffusionInferer(objective="sr3", autocast_dtype=torch.bfloat16).sample(
+        lowres, net, sampler="ddim", steps=6, generators=gens())
+    assert float((a - b).abs().max()) < 0.05 * float(a.abs().max())
+
+
+def test_network_shapes_and_arguments():
+    net = SR3UNet(**network_config("tiny"))
+    for shape in [(1, 2, 17, 23), (2, 2, 64, 40), (1, 2, 5, 9)]:
+        out = net(torch.randn(shape), torch.rand(shape[0]))
+        assert out.shape == (shape[0], 1, *shape[2:])
+    with pytest.raises(ValueError, match="channels_per_group"):
+        SR3UNet(channels=(24, 32))
+    with pytest.raises(ValueError, match="attention_levels"):
+        SR3UNet(channels=(16, 32), attention_levels=(True,))
+    with pytest.raises(ValueError, match="expected"):
+        net(torch.randn(1, 3, 8, 8), torch.rand(1))
+    paper = network_config("paper-mri")
+    assert paper["channels"] == [128, 128, 256, 256, 512, 512] and paper["num_res_blocks"] == 3
+    # GroupNorm with 16 channels per group everywhere
+    big = SR3UNet(**network_config("small"))
+    assert all(m.num_channels // m.num_groups == 16 for m in big.modules() if isinstance(m, torch.nn.GroupNorm))
+
+
+def test_monai_inferer_interface():
+    from monai.inferers import Inferer
+
+    hr, lowres = _pair(4)
+    inferer = PartialDiffusionInferer(objective="partdiff")
+    assert isinstance(inferer, Inferer)
+    net = SR3UNet(**network_config("tiny"))
+    loss = inferer(hr, net, condition=lowres, generator=torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and float(loss.detach()) > 0
+    # with a zero-initialised output layer the predicted noise is 0: L1 loss = E|eps| = sqrt(2/pi)
+    big_hr = torch.randn(8, 1, 32, 32)
+    loss = inferer(big_hr, net, condition=big_hr, generator=torch.Generator().manual_seed(0))
+    assert float(loss) == pytest.approx(math.sqrt(2 / math.pi), rel=0.02)
+    with pytest.raises(ConfigError, match="condition"):
+        inferer(hr, net)
+    assert PartialDiffusionInferer(**inferer.config()).config() == inferer.config()
+
+
+def test_predict_noise_puts_the_condition_first():
+    seen = {}
+
+    def net(x, level):
+        seen["x"] = x
+        return x[:, 1:]
+
+    cond, noisy = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
+    predict_noise(net, noisy, cond, torch.tensor([0.5]))
+    assert torch.equal(seen["x"][:, 0], cond[:, 0]) and torch.equal(seen["x"][:, 1], noisy[:, 0])
