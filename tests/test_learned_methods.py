@@ -1,0 +1,174 @@
+"""Learned methods end to end: a tiny network trained on a real slice, saved, and run by
+``mrisr upsample`` over whole volumes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mrisr.diffusion import PartialDiffusionInferer
+from mrisr.errors import ConfigError
+from mrisr.inference import upsample_volume
+from mrisr.interpolation import bicubic_upsample
+from mrisr.io import Volume, load_volume, save_volume
+from mrisr.models import load_model, model_config, save_model
+from mrisr.networks import SR3UNet, network_config
+from mrisr.transforms import robust_range
+
+from conftest import file_digest, make_affine, needs_prostatex, prostatex_nifti, run_mrisr
+
+
+def _crops(slice_: np.ndarray, n: int, size: int, gen: np.random.Generator) -> torch.Tensor:
+    h, w = slice_.shape
+    out = []
+    for _ in range(n):
+        i, j = gen.integers(0, h - size), gen.integers(0, w - size)
+        out.append(slice_[i:i + size, j:j + size])
+    return torch.from_numpy(np.stack(out))[:, None].float()
+
+
+def _pairs(hr: torch.Tensor, factor: int) -> torch.Tensor:
+    h, w = hr.shape[-2:]
+    lr = F.interpolate(hr, size=(h // factor, w // factor), mode="bicubic", antialias=True, align_corners=False)
+    return bicubic_upsample(lr, (factor, factor))
+
+
+@needs_prostatex
+def test_tiny_network_learns_on_a_real_slice():
+    vol = load_volume(prostatex_nifti("ProstateX-0000", "cor", 5))
+    rng = robust_range(vol.data)
+    slice_ = rng.normalise(vol.data[:, :, vol.shape[2] // 2])
+    gen = np.random.default_rng(0)
+    torch.manual_seed(0)
+    net = SR3UNet(**network_config("tiny"))
+    inferer = PartialDiffusionInferer(objective="sr3", loss="l2")
+    eval_hr = _crops(slice_, 16, 48, np.random.default_rng(99))
+    eval_cond = _pairs(eval_hr, 4)
+
+    def eval_loss() -> float:
+        with torch.no_grad():
+            return float(inferer(eval_hr, net, condition=eval_cond, generator=torch.Generator().manual_seed(5)))
+
+    before = eval_loss()
+    assert before == pytest.approx(1.0, rel=0.1)  # zero prediction: E[eps^2] = 1
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.0)
+    tgen = torch.Generator().manual_seed(1)
+    for _ in range(150):
+        hr = _crops(slice_, 8, 48, gen)
+        loss = inferer(hr, net, condition=_pairs(hr, 4), generator=tgen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = eval_loss()
+    assert after < 0.5 * before, (before, after)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> dict[str, object]:
+    """Randomly initialised tiny models for each objective (weights perturbed so they act)."""
+    root = tmp_path_factory.mktemp("models")
+    paths = {}
+    for objective in ("partdiff", "sr3", "regression"):
+        torch.manual_seed(0)
+        net = SR3UNet(**network_config("tiny"))
+        for p in net.parameters():
+            torch.nn.init.normal_(p, std=0.02)
+        inferer = PartialDiffusionInferer(objective=objective, k_noise_level=0.25)
+        cfg = model_config(network_config("tiny"), inferer, plane="in", factor=2)
+        paths[objective] = save_model(root / f"{objective}.safetensors", net, cfg, dtype="bfloat16")
+    # a training checkpoint (.pt) of the sr3 model, read with weights_only=True
+    loaded = load_model(paths["sr3"])
+    torch.save({"config": loaded.config, "model": loaded.network.state_dict(), "step": 3}, root / "sr3.pt")
+    paths["sr3_pt"] = root / "sr3.pt"
+    return paths
+
+
+def _volume(tmp_path) -> tuple[Volume, object]:
+    rng = np.random.default_rng(0)
+    data = (rng.uniform(100, 900, size=(10, 12, 3))).astype(np.float32)
+    vol = Volume(data, make_affine("oblique", (0.8, 0.8, 3.0)))
+    return vol, save_volume(vol, tmp_path / "vol.nii.gz")
+
+
+def test_model_round_trip(tiny_models):
+    loaded = load_model(tiny_models["partdiff"])
+    assert loaded.objective == "partdiff" and loaded.plane == "in" and loaded.factor == 2
+    assert loaded.inferer.k == 50
+    pt = load_model(tiny_models["sr3_pt"])
+    sf = load_model(tiny_models["sr3"])
+    for a, b in zip(pt.network.state_dict().values(), sf.network.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    from mrisr.errors import InputError
+    with pytest.raises(InputError, match="checksum"):
+        load_model(tiny_models["sr3"], expected_sha256="0" * 64)
+
+
+def test_volume_helper_counts_evaluations_and_normalises(tmp_path, tiny_models):
+    vol, _ = _volume(tmp_path)
+    res = upsample_volume(vol, "in", 2, method="partdiff", model=str(tiny_models["partdiff"]), sampler="ddim",
+                          steps=4, batch_size=2, seed=3)
+    assert res.volume.shape == (20, 24, 3)
+    np.testing.assert_allclose(res.volume.affine, res.plan.output_affine)
+    assert res.network_evaluations == 2 * 4  # ceil(3 planes / batch 2) batches x 4 steps
+    # back in the input's units: close to the bicubic result for a barely trained network
+    bic = upsample_volume(vol, "in", 2, method="bicubic").volume
+    assert abs(float(res.volume.data.mean()) - float(bic.data.mean())) < 0.1 * float(bic.data.mean())
+    # batch size does not change the result
+    again = upsample_volume(vol, "in", 2, method="partdiff", model=str(tiny_models["partdiff"]), sampler="ddim",
+                            steps=4, batch_size=3, seed=3)
+    np.testing.assert_allclose(again.volume.data, res.volume.data, rtol=0, atol=1e-3 * float(bic.data.max()))
+    reg = upsample_volume(vol, "in", 2, method="regression", model=str(tiny_models["regression"]))
+    assert reg.network_evaluations == 1
+    with pytest.raises(ConfigError, match="needs a model trained with objective sr3"):
+        upsample_volume(vol, "in", 2, method="sr3", model=str(tiny_models["partdiff"]))
+    with pytest.raises(ConfigError, match="trained for --plane in --factor 2"):
+        upsample_volume(vol, "through", 2, method="partdiff", model=str(tiny_models["partdiff"]))
+    with pytest.raises(ConfigError, match="latent-aligned for K = 50"):
+        upsample_volume(vol, "in", 2, method="partdiff", model=str(tiny_models["partdiff"]), steps=25)
+    with pytest.raises(ConfigError, match="stochastic"):
+        upsample_volume(vol, "in", 2, method="regression", model=str(tiny_models["regression"]), samples=2)
+
+
+def test_cli_partdiff_with_samples_writes_mean_std_and_report(tmp_path, tiny_models):
+    vol, path = _volume(tmp_path)
+    before = file_digest(path)
+    result = run_mrisr("upsample", path, "--plane", "in", "--factor", "2", "--method", "partdiff",
+                       "--model", tiny_models["sr3_pt"], "--steps", "6", "--samples", "3", "--seed", "11",
+                       "--report", "r.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    mean, std = load_volume(tmp_path / "vol_sr.nii.gz"), load_volume(tmp_path / "vol_sr_std.nii.gz")
+    assert mean.shape == std.shape == (20, 24, 3)
+    np.testing.assert_allclose(std.affine, mean.affine)
+    assert float(std.data.min()) >= 0 and float(std.data.mean()) > 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["method"] == "partdiff" and report["sampler"] == "ancestral" and report["steps"] == 6
+    assert report["seed"] == 11 and report["samples"] == 3
+    assert report["network_evaluations"] == 3 * 6  # one batch of 3 planes, 3 samples, 6 steps
+    assert report["std_output"].endswith("vol_sr_std.nii.gz")
+    assert file_digest(path) == before
+    # the same seed reproduces the run
+    again = run_mrisr("upsample", path, "--plane", "in", "--factor", "2", "--method", "partdiff",
+                      "--model", tiny_models["sr3_pt"], "--steps", "6", "--samples", "3", "--seed", "11",
+                      "-o", "again.nii.gz", "--quiet", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    np.testing.assert_array_equal(load_volume(tmp_path / "again.nii.gz").data, mean.data)
+
+
+def test_cli_learned_method_errors(tmp_path, tiny_models):
+    _, path = _volume(tmp_path)
+    cases = [
+        (["--method", "partdiff"], "no default partdiff model ships"),
+        (["--method", "partdiff", "--model", str(tmp_path / "none.safetensors")], "model not found"),
+        (["--method", "sr3", "--model", str(tiny_models["regression"])], "objective sr3"),
+        (["--method", "bicubic", "--samples", "2"], "stochastic"),
+        (["--method", "partdiff", "--model", str(tiny_models["partdiff"]), "--steps", "0"], "--steps"),
+    ]
+    for args, phrase in cases:
+        result = run_mrisr("upsample", path, "--plane", "in", "--factor", "2", *args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert phrase in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert not list(tmp_path.glob("vol_sr*"))
