@@ -105,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
                       "through-plane factor that makes voxels near-isotropic)")
     info.add_argument("--axis", help="slice axis 0, 1 or 2 (default: the axis with the largest spacing)")
     _common(info)
+
+    tr = sub.add_parser("train", help="train a PartDiff, SR3 or regression model from a config",
+                        description="Train a model (configs/*.yaml). Under torchrun the same command "
+                                    "uses DistributedDataParallel: torchrun --nproc_per_node N -m mrisr.train CONFIG")
+    tr.add_argument("config", help="training config (YAML or JSON, MONAI ConfigParser syntax)")
+    tr.add_argument("-o", "--output", help="run folder (default: runs/<config name>)")
+    tr.add_argument("--max-steps", help="stop at this step (default: optim.max_steps of the config)")
+    tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
+    tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
+    tr.add_argument("--skip-bad", action="store_true", help="skip unreadable datalist entries with a warning")
+    _common(tr)
     return parser
 
 
@@ -213,7 +224,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"upsample": cmd_upsample, "info": cmd_info}
+def cmd_train(args: argparse.Namespace) -> int:
+    max_steps = _positive_int(args.max_steps, "--max-steps") if args.max_steps is not None else None
+
+    from mrisr.training import train
+
+    summary = train(args.config, output=args.output, max_steps=max_steps, resume=args.resume,
+                    device=args.device, skip_bad=args.skip_bad, progress=not args.quiet)
+    if not args.quiet and "model" in summary:
+        print(f"trained to step {summary['step']} (last loss {summary['last_loss']:.4f}); "
+              f"model: {summary['model']}")
+    return 0
+
+
+COMMANDS = {"upsample": cmd_upsample, "info": cmd_info, "train": cmd_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,15 @@
-"""MONAI-style transforms: intensity normalisation with its inverse, degradations, pairs."""
+"""MONAI-style transforms: loading, intensity normalisation with its inverse, training pairs."""
 
-from mrisr.transforms.intensity import IntensityRange, robust_range
+from mrisr.transforms.intensity import (INTENSITY_KEY, IntensityRange, RobustNormalise, RobustNormalised,
+                                        RobustNormaliseD, RobustNormaliseDict, robust_range)
+from mrisr.transforms.io import MrisrReader
+from mrisr.transforms.pairs import (PAIR_KINDS, InPlaneDegrade, InPlanePairD, InPlanePaird, InPlanePairDict, PairKind,
+                                    ThroughPlaneDegrade, ThroughPlanePairD, ThroughPlanePaird, ThroughPlanePairDict,
+                                    gaussian_blur, training_planes)
 
-__all__ = ["IntensityRange", "robust_range"]
+__all__ = [
+    "IntensityRange", "robust_range", "RobustNormalise", "RobustNormalised", "RobustNormaliseD",
+    "RobustNormaliseDict", "INTENSITY_KEY", "MrisrReader", "PairKind", "PAIR_KINDS", "training_planes",
+    "gaussian_blur", "InPlaneDegrade", "InPlanePaird", "InPlanePairD", "InPlanePairDict", "ThroughPlaneDegrade",
+    "ThroughPlanePaird", "ThroughPlanePairD", "ThroughPlanePairDict",
+]

@@ -1,0 +1,154 @@
+"""Training: loss goes down on real slices, SIGKILL + resume is exact, DDP ranks agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mrisr.errors import ConfigError, InputError
+from mrisr.models import load_model
+from mrisr.training import Trainer, batch_indices, load_config
+
+from conftest import REPO, needs_prostatex, run_mrisr
+
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"  # deterministic kernels and no oversubscription on 2 cores
+    return env
+
+
+def _train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mrisr", "train", *map(str, args), "--quiet"], cwd=cwd,
+                          capture_output=True, text=True, timeout=600, env=_env())
+
+
+def _log(run: Path) -> list[tuple[int, float]]:
+    lines = (run / "log.csv").read_text().splitlines()[1:]
+    return [(int(r.split(",")[0]), float(r.split(",")[1])) for r in lines]
+
+
+def test_batch_indices_shard_and_cover():
+    n, batch, world = 37, 4, 2
+    seen = []
+    for step in range(5):
+        r0 = batch_indices(step, 0, world, batch, n, seed=1)
+        r1 = batch_indices(step, 1, world, batch, n, seed=1)
+        assert not set(r0) & set(r1) or step * world * batch >= n  # disjoint shards within an epoch
+        seen += r0 + r1
+    assert sorted(seen[:n]) == list(range(n))  # the first epoch visits every plane once
+    assert batch_indices(3, 1, 2, 4, n, seed=1) == batch_indices(3, 1, 2, 4, n, seed=1)
+
+
+@needs_prostatex
+def test_twenty_steps_lower_the_loss(tmp_path):
+    config = load_config(TINY)
+    trainer = Trainer(config, tmp_path / "run", device="cpu", max_steps=20, progress=False)
+    hr, cond = trainer.batch(10**6)  # a fixed held-aside batch of real slices
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(trainer.inferer(hr, trainer.network, condition=cond,
+                                         generator=torch.Generator().manual_seed(0)))
+
+    before = loss()
+    summary = trainer.run()
+    after = loss()
+    assert summary["step"] == 20
+    assert after < 0.8 * before, (before, after)
+    model = load_model(summary["model"])
+    assert model.objective == "partdiff" and model.factor == 4 and model.plane == "in"
+
+
+@needs_prostatex
+def test_sigkill_then_resume_continues_exactly(tmp_path):
+    steps = "40"
+    ref = _train(TINY, "-o", "ref", "--max-steps", steps, cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "mrisr", "train", str(TINY), "-o", "killed", "--max-steps", steps,
+                             "--quiet"], cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_dir = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(ckpt_dir.glob("step_*.pt")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "model.safetensors").exists(), "the run finished before it was killed"
+    kept = sorted(int(p.stem.split("_")[1]) for p in ckpt_dir.glob("step_*.pt"))
+    assert kept and kept[-1] < int(steps)
+    # without --resume the run folder is protected
+    refused = _train(TINY, "-o", "killed", "--max-steps", steps, cwd=tmp_path)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = _train(TINY, "-o", "killed", "--max-steps", steps, "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    ref_log, new_log = _log(tmp_path / "ref"), _log(tmp_path / "killed")
+    assert [s for s, _ in new_log] == list(range(1, int(steps) + 1))  # no gap, no duplicate
+    assert new_log == ref_log  # the same loss at every step, the first after the checkpoint included
+    digest = lambda run: json.loads((tmp_path / run / "ranks" / "rank0.json").read_text())["weights_sha256"]  # noqa: E731
+    assert digest("killed") == digest("ref")
+    a = load_model(tmp_path / "ref" / "model.safetensors").network.state_dict()
+    b = load_model(tmp_path / "killed" / "model.safetensors").network.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_prostatex
+def test_torchrun_two_gloo_ranks_hold_identical_weights(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "mrisr.train", str(TINY), "-o", "ddp", "--max-steps", "4", "--device", "cpu", "--quiet"]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "ddp" / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["step"] == ranks[1]["step"] == 4
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert (tmp_path / "ddp" / "model.safetensors").exists()
+    assert len(list((tmp_path / "ddp" / "checkpoints").glob("step_*.pt"))) >= 1
+
+
+def test_bad_configs_and_datalists(tmp_path):
+    (tmp_path / "list.json").write_text(json.dumps({
+        "training": [{"image": "missing.nii.gz", "patient": "a"}, {"image": "notes.nii.gz", "patient": "b"}],
+        "validation": []}))
+    (tmp_path / "notes.nii.gz").write_text("not an image")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {datalist: list.json, crop: 48}\nnetwork: {preset: tiny}\n")
+    with pytest.raises(InputError, match=r"2 datalist entries cannot be used.*missing\.nii\.gz.*notes\.nii\.gz"):
+        Trainer(load_config(cfg), tmp_path / "run", device="cpu", progress=False)
+    with pytest.raises(InputError, match="no usable volumes"):
+        Trainer(load_config(cfg), tmp_path / "run", device="cpu", skip_bad=True, progress=False)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {datalist: list.json}\noptimiser: {lr: 1}\n")
+    with pytest.raises(ConfigError, match="unknown config key 'optimiser'"):
+        load_config(bad)
+    bad.write_text("data: {datalist: list.json, crop: 50}\n")
+    with pytest.raises(ConfigError, match="divisible by task.factor"):
+        load_config(bad)
+    result = run_mrisr("train", tmp_path / "none.yaml")
+    assert result.returncode == 2 and "config not found" in result.stderr
+    result = run_mrisr("train", cfg, "-o", tmp_path / "run2")
+    assert result.returncode == 2 and "missing.nii.gz" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@needs_prostatex
+def test_skip_bad_keeps_the_good_entries(tmp_path):
+    good = REPO.parent / "shared" / "data" / "prostatex" / "nifti" / "ProstateX-0000_t2_cor_s5.nii.gz"
+    (tmp_path / "list.json").write_text(json.dumps({
+        "training": [{"image": str(good), "patient": "a"}, {"image": "missing.nii.gz", "patient": "b"}]}))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {datalist: list.json, crop: 48}\nnetwork: {preset: tiny}\n")
+    trainer = Trainer(load_config(cfg), tmp_path / "run", device="cpu", skip_bad=True, progress=False)
+    assert len(trainer.train_bank) == 15 and set(trainer.train_bank.sources) == {str(good)}
+    hr, cond = trainer.batch(0)
+    assert hr.shape == cond.shape == (8, 1, 48, 48)
+    assert np.isfinite(hr.numpy()).all()
