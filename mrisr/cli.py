@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
     tr.add_argument("--skip-bad", action="store_true", help="skip unreadable datalist entries with a warning")
+    tr.add_argument("--init-from", help="start from this model's weights (e.g. PartDiff fine-tuned from an SR3 "
+                    "model); replaces the config's init_from")
     _common(tr)
     return parser
 
@@ -229,8 +231,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from mrisr.training import train
 
+    if args.init_from is not None and not Path(args.init_from).is_file():
+        raise InputError(f"--init-from model not found: {args.init_from}")
+    overrides = {"init_from": str(Path(args.init_from).resolve())} if args.init_from else None
     summary = train(args.config, output=args.output, max_steps=max_steps, resume=args.resume,
-                    device=args.device, skip_bad=args.skip_bad, progress=not args.quiet)
+                    device=args.device, skip_bad=args.skip_bad, progress=not args.quiet, overrides=overrides)
     if not args.quiet and "model" in summary:
         print(f"trained to step {summary['step']} (last loss {summary['last_loss']:.4f}); "
               f"model: {summary['model']}")
