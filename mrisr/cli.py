@@ -122,8 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
+    import warnings
+
     level = logging.DEBUG if args.debug else (logging.ERROR if args.quiet else logging.WARNING)
-    logging.basicConfig(level=level, format="mrisr: %(levelname)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("mrisr: %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    if not args.debug:
+        # MONAI probes for NVIDIA's optional DICOM codec and complains when it is absent
+        warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+        logging.getLogger("monai").setLevel(logging.ERROR)
+        logging.getLogger().setLevel(logging.ERROR)
 
 
 def _fmt(values: Sequence[float], digits: int = 4) -> str:

@@ -36,11 +36,10 @@ import torch
 from mrisr.diffusion import INFERENCE_SCHEDULE, OBJECTIVES, TRAINING_SCHEDULE, PartialDiffusionInferer
 from mrisr.errors import ConfigError, InputError, MrisrError
 from mrisr.evaluation import psnr, ssim
-from mrisr.io import load_volume
 from mrisr.models import model_config, save_model
 from mrisr.networks import SR3UNet, network_config
-from mrisr.transforms import (PAIR_KINDS, InPlaneDegrade, InPlanePaird, ThroughPlaneDegrade, ThroughPlanePaird,
-                              robust_range, training_planes)
+from mrisr.transforms import (PAIR_KINDS, InPlaneDegrade, InPlanePaird, MrisrReader, RobustNormalised,
+                              ThroughPlaneDegrade, ThroughPlanePaird, training_planes)
 
 __all__ = ["DEFAULTS", "load_config", "read_datalist", "DataEntry", "PlaneBank", "batch_indices", "Trainer",
            "train"]
@@ -217,22 +216,30 @@ def read_datalist(config: dict[str, Any]) -> tuple[list[DataEntry], list[DataEnt
 class PlaneBank:
     """The normalised 2D planes of a list of volumes, held in memory.
 
-    Every entry is read and checked before training starts, so a bad file is reported with its
-    path at once, not hours later.
+    Volumes are read by MONAI's ``LoadImaged`` with :class:`~mrisr.transforms.MrisrReader`
+    (the readers of :mod:`mrisr.io`) and normalised by ``RobustNormalised``, so each arrives as
+    a MetaTensor carrying its affine, from which the planes are cut. Every entry is read and
+    checked before training starts, so a bad file is reported with its path at once, not hours
+    later.
     """
 
     def __init__(self, entries: list[DataEntry], kind: str, lower: float, upper: float, skip_bad: bool = False):
+        from monai.transforms import Compose, LoadImaged
+
         self.planes: list[np.ndarray] = []
         self.sources: list[str] = []
         problems = []
         for entry in entries:
+            reader = MrisrReader(series=entry.series)
+            load = Compose([LoadImaged("image", reader=reader, image_only=True),
+                            RobustNormalised("image", lower=lower, upper=upper)])
             try:
-                vol = load_volume(entry.image, series=entry.series)
-            except MrisrError as exc:
-                problems.append(f"{entry.image}: {exc}")
+                image = load({"image": entry.image})["image"]
+            except Exception as exc:  # LoadImage hides the reader's error behind a generic one
+                problems.append(f"{entry.image}: {reader.last_error or str(exc).splitlines()[0]}")
                 continue
-            rng = robust_range(vol.data, lower, upper)
-            for plane in training_planes(rng.normalise(vol.data), vol.affine, kind):  # type: ignore[arg-type]
+            affine = image.affine.numpy()
+            for plane in training_planes(image.numpy(), affine, kind):  # type: ignore[arg-type]
                 self.planes.append(plane)
                 self.sources.append(entry.image)
         if problems:

@@ -32,6 +32,8 @@ class MrisrReader(ImageReader):
         super().__init__()
         self.series = series
         self.nonfinite = nonfinite
+        #: the mrisr error of the last failed read (MONAI's LoadImage replaces it with a generic one)
+        self.last_error: Exception | None = None
 
     def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
         for name in ensure_tuple(filename):
@@ -41,7 +43,13 @@ class MrisrReader(ImageReader):
         return True
 
     def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs: Any) -> Volume | list[Volume]:
-        volumes = [load_volume(p, series=self.series, nonfinite=self.nonfinite) for p in ensure_tuple(data)]  # type: ignore[arg-type]
+        self.last_error = None
+        try:
+            volumes = [load_volume(p, series=self.series, nonfinite=self.nonfinite)  # type: ignore[arg-type]
+                       for p in ensure_tuple(data)]
+        except Exception as exc:
+            self.last_error = exc
+            raise
         return volumes if len(volumes) > 1 else volumes[0]
 
     def get_data(self, img: Volume | list[Volume]) -> tuple[np.ndarray, dict]:
