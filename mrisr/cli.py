@@ -118,6 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init-from", help="start from this model's weights (e.g. PartDiff fine-tuned from an SR3 "
                     "model); replaces the config's init_from")
     _common(tr)
+
+    an = sub.add_parser("analyze", help="analyses of the method on your data")
+    an_sub = an.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=_Parser, required=True)
+    conv = an_sub.add_parser("convergence", help="PartDiff Fig. 3: where diffused LR and HR images meet",
+                             description="PSNR(x_t^LR, x_0^HR) and PSNR(x_t^HR, x_0^HR) against t for the "
+                                         "inference schedule, with the K at which the curves meet.")
+    conv.add_argument("datalist", help="decathlon-format JSON datalist (e.g. configs/prostatex.json)")
+    conv.add_argument("--plane", default="in", choices=["in", "through"],
+                      help="in: in-plane pairs of every slice; through: row-averaged coronal / sagittal planes")
+    conv.add_argument("--factor", action="append", help="factor(s) (default: 2 and 4 in-plane, 6 through-plane)")
+    conv.add_argument("--split", default="validation", choices=["training", "validation", "all"])
+    conv.add_argument("--tolerance", default="0.1", help="dB within which the curves count as met (default 0.1)")
+    conv.add_argument("-o", "--output", default="convergence", help="output folder (default ./convergence)")
+    conv.add_argument("--seed", default="0")
+    _common(conv)
     return parser
 
 
@@ -252,7 +267,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"upsample": cmd_upsample, "info": cmd_info, "train": cmd_train}
+def cmd_analyze(args: argparse.Namespace) -> int:
+    factors = [_factor(f) for f in args.factor] if args.factor else ([2, 4] if args.plane == "in" else [6])
+    try:
+        tolerance = float(args.tolerance)
+        seed = int(args.seed)
+    except ValueError:
+        raise ConfigError(f"--tolerance must be a number and --seed an integer, got {args.tolerance!r}, "
+                          f"{args.seed!r}") from None
+
+    from mrisr.analysis import convergence_curve, write_convergence_report
+    from mrisr.training import PlaneBank, load_datalist
+
+    train, val = load_datalist(args.datalist)
+    entries = {"training": train, "validation": val, "all": train + val}[args.split]
+    kind = "in"
+    if args.plane == "through":
+        kind = "through"
+        entries = [e for e in entries if e.plane in (None, "cor", "sag")]
+    if not entries:
+        raise InputError(f"{args.datalist} has no {args.split} entries for --plane {args.plane}")
+    bank = PlaneBank(entries, kind, 0.5, 99.5)
+    curves = [convergence_curve(bank.planes, f, kind, tolerance_db=tolerance, seed=seed) for f in factors]
+    paths = write_convergence_report(curves, args.output, source=f"{args.split} split of {args.datalist}")
+    if not args.quiet:
+        print(paths["markdown"].read_text(), end="")
+        print(f"plot: {paths['png']}\ntable: {paths['markdown']}\ndata: {paths['json']}")
+    return 0
+
+
+COMMANDS = {"upsample": cmd_upsample, "info": cmd_info, "train": cmd_train, "analyze": cmd_analyze}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

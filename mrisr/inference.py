@@ -216,16 +216,17 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
                    sampler: str | None = None, steps: int | None = None, precision: Precision | None = None,
                    **_: Any) -> PlaneUpsampler:
     from mrisr.diffusion import SAMPLERS
-    from mrisr.models import load_model
+    from mrisr.models import default_model, load_model
 
+    expected_sha256 = None
     if model is None:
-        raise ConfigError(f"--method {method} needs a trained model: no default {method} model ships with this "
-                          "version of mrisr yet; pass --model PATH (a checkpoint written by mrisr train)")
+        shipped = default_model(method, plan.plane, plan.factor)
+        model, expected_sha256 = str(shipped.path), shipped.sha256
     precision = precision or "bf16"
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
     dtype = torch.bfloat16 if precision == "bf16" else None
-    loaded = load_model(model, device=device, autocast_dtype=dtype)
+    loaded = load_model(model, device=device, autocast_dtype=dtype, expected_sha256=expected_sha256)
     if loaded.objective not in _OBJECTIVES_FOR[method]:
         raise ConfigError(f"--method {method} needs a model trained with objective "
                           f"{' or '.join(_OBJECTIVES_FOR[method])}, but {loaded.path.name} was trained for "

@@ -29,7 +29,8 @@ from mrisr.diffusion.inferer import PartialDiffusionInferer
 from mrisr.errors import ConfigError, InputError
 from mrisr.networks import SR3UNet
 
-__all__ = ["FORMAT", "LoadedModel", "model_config", "save_model", "load_model", "sha256"]
+__all__ = ["FORMAT", "LoadedModel", "ShippedModel", "model_config", "save_model", "load_model", "sha256",
+           "shipped_models", "default_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,3 +174,51 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", expe
         param.requires_grad_(False)
     logger.info("loaded %s model %s (%s x%s)", inferer.objective, p, config["task"]["plane"], config["task"]["factor"])
     return LoadedModel(network=network, config=config, inferer=inferer, path=p)
+
+
+# --------------------------------------------------------------------------------------------
+# default models shipped in the package
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """One entry of ``mrisr/weights/registry.json``."""
+
+    name: str
+    file: str
+    sha256: str
+    methods: tuple[str, ...]
+    plane: str
+    factor: int
+    description: str = ""
+
+    @property
+    def path(self) -> Path:
+        return Path(__file__).resolve().parent / "weights" / self.file
+
+
+def shipped_models() -> list[ShippedModel]:
+    """The models in the package's registry."""
+    registry = Path(__file__).resolve().parent / "weights" / "registry.json"
+    if not registry.is_file():
+        return []
+    blob = json.loads(registry.read_text())
+    return [ShippedModel(name=m["name"], file=m["file"], sha256=m["sha256"], methods=tuple(m["methods"]),
+                         plane=m["plane"], factor=int(m["factor"]), description=m.get("description", ""))
+            for m in blob.get("models", [])]
+
+
+def default_model(method: str, plane: str, factor: int) -> ShippedModel:
+    """The shipped model that serves ``--method method --plane plane --factor factor``.
+
+    Raises:
+        ConfigError: none ships for that combination; the message lists what does.
+    """
+    models = shipped_models()
+    for model in models:
+        if method in model.methods and model.plane == plane and model.factor == factor:
+            return model
+    offered = [f"--method {m} --plane {s.plane} --factor {s.factor}" for s in models for m in s.methods]
+    listing = "; ".join(offered) if offered else "none yet"
+    raise ConfigError(f"no default {method} model ships for --plane {plane} --factor {factor} (shipped: "
+                      f"{listing}); pass --model PATH with a model trained by mrisr train")

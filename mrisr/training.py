@@ -41,7 +41,7 @@ from mrisr.networks import SR3UNet, network_config
 from mrisr.transforms import (PAIR_KINDS, InPlaneDegrade, InPlanePaird, MrisrReader, RobustNormalised,
                               ThroughPlaneDegrade, ThroughPlanePaird, training_planes)
 
-__all__ = ["DEFAULTS", "load_config", "read_datalist", "DataEntry", "PlaneBank", "batch_indices", "Trainer",
+__all__ = ["DEFAULTS", "load_config", "load_datalist", "read_datalist", "DataEntry", "PlaneBank", "batch_indices", "Trainer",
            "train"]
 
 logger = logging.getLogger(__name__)
@@ -172,6 +172,21 @@ def _entries(items: list[Any], base: Path, what: str) -> list[DataEntry]:
     return out
 
 
+def load_datalist(path: str | os.PathLike) -> tuple[list[DataEntry], list[DataEntry]]:
+    """The ``training`` and ``validation`` entries of a decathlon-format JSON datalist."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"datalist not found: {path}")
+    try:
+        blob = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"datalist {path} is not valid JSON: {exc}") from exc
+    if not isinstance(blob, dict):
+        raise ConfigError(f"datalist {path} must be a JSON object with 'training' / 'validation' lists")
+    return (_entries(blob.get("training", []), path.parent, "training"),
+            _entries(blob.get("validation", []), path.parent, "validation"))
+
+
 def read_datalist(config: dict[str, Any]) -> tuple[list[DataEntry], list[DataEntry]]:
     """Training and validation entries from ``data.datalist`` (MONAI decathlon JSON: lists
     ``training`` and ``validation`` of ``{"image": path, "patient": id, "plane": ...}``, paths
@@ -183,15 +198,7 @@ def read_datalist(config: dict[str, Any]) -> tuple[list[DataEntry], list[DataEnt
     base = Path(config.get("config_dir", "."))
     if data["datalist"]:
         path = Path(data["datalist"])
-        path = path if path.is_absolute() else base / path
-        if not path.is_file():
-            raise ConfigError(f"datalist not found: {path}")
-        try:
-            blob = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"datalist {path} is not valid JSON: {exc}") from exc
-        train = _entries(blob.get("training", []), path.parent, "training")
-        val = _entries(blob.get("validation", []), path.parent, "validation")
+        train, val = load_datalist(path if path.is_absolute() else base / path)
     else:
         def expand(pattern: str | None) -> list[str]:
             if not pattern:

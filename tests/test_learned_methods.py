@@ -161,14 +161,15 @@ def test_cli_partdiff_with_samples_writes_mean_std_and_report(tmp_path, tiny_mod
 def test_cli_learned_method_errors(tmp_path, tiny_models):
     _, path = _volume(tmp_path)
     cases = [
-        (["--method", "partdiff"], "no default partdiff model ships"),
+        (["--method", "partdiff", "--factor", "3"], "no default partdiff model ships for --plane in --factor 3"),
         (["--method", "partdiff", "--model", str(tmp_path / "none.safetensors")], "model not found"),
         (["--method", "sr3", "--model", str(tiny_models["regression"])], "objective sr3"),
         (["--method", "bicubic", "--samples", "2"], "stochastic"),
         (["--method", "partdiff", "--model", str(tiny_models["partdiff"]), "--steps", "0"], "--steps"),
     ]
     for args, phrase in cases:
-        result = run_mrisr("upsample", path, "--plane", "in", "--factor", "2", *args, cwd=tmp_path)
+        factor = [] if "--factor" in args else ["--factor", "2"]
+        result = run_mrisr("upsample", path, "--plane", "in", *factor, *args, cwd=tmp_path)
         assert result.returncode == 2, (args, result.stderr)
         assert phrase in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
         assert not list(tmp_path.glob("vol_sr*"))

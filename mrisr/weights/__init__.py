@@ -1,0 +1,1 @@
+"""Default models shipped with mrisr (safetensors files listed in ``registry.json``)."""
