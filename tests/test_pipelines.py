@@ -1,0 +1,29 @@
+"""Smoke checks of the benchmark pipelines on real data (classical methods only: seconds)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, needs_prostatex
+
+
+@needs_prostatex
+@pytest.mark.parametrize("plane", ["in", "through"])
+def test_benchmark_mri_classical(tmp_path, plane):
+    out = tmp_path / plane
+    result = subprocess.run([sys.executable, str(REPO / "pipelines" / "benchmark_mri.py"), "--plane", plane,
+                             "--methods", "bicubic", "bspline", "--slices", "2", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    blob = json.loads((out / "benchmark.json").read_text())
+    assert blob["factor"] == (4 if plane == "in" else 6)
+    bic, bsp = blob["methods"]["Bicubic"], blob["methods"]["B-spline"]
+    # the paper's ProstateX x4 bicubic baseline is 24.7 dB / 0.68 (Table 3)
+    assert 22.0 < bic["psnr"] < 30.0 and 0.5 < bic["ssim"] < 0.9
+    assert bsp["psnr"] > bic["psnr"] - 0.5
+    assert bic["consistency_mse"] < 0.01 and bic["network_evaluations"] == 0
+    assert (out / "patches.png").stat().st_size > 1000
