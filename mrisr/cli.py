@@ -30,14 +30,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _factor(text: str) -> int:
+def _int_at_least(text: str, name: str, minimum: int, error: type[MrisrError] = ConfigError) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise GeometryError(f"--factor must be an integer >= 2, got {text!r}") from None
-    if value < 2:
-        raise GeometryError(f"--factor must be an integer >= 2, got {value}")
+        raise error(f"{name} must be an integer >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise error(f"{name} must be an integer >= {minimum}, got {value}")
     return value
+
+
+def _factor(text: str) -> int:
+    return _int_at_least(text, "--factor", 2, GeometryError)
 
 
 def _axis(text: str | None) -> int | None:
@@ -49,13 +53,7 @@ def _axis(text: str | None) -> int | None:
 
 
 def _positive_int(text: str, name: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise ConfigError(f"{name} must be an integer >= 1, got {value}")
-    return value
+    return _int_at_least(text, name, 1)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

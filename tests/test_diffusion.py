@@ -154,6 +154,15 @@ class _Oracle(torch.nn.Module):
         return (x_t - g * self.hr) / torch.sqrt(1 - g * g)
 
 
+def _acting_net(seed: int) -> SR3UNet:
+    """A tiny network whose weights are perturbed so it acts (the default init predicts zeros)."""
+    net = SR3UNet(**network_config("tiny"))
+    torch.manual_seed(seed)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return net
+
+
 def _pair(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     hr = torch.rand(2, 1, 16, 12, generator=gen) * 2 - 1
@@ -180,10 +189,7 @@ def test_partdiff_at_k_equals_t_is_sr3():
     hr, lowres = _pair(1)
     sched = NoiseSchedule("linear", 40, 1e-4, 0.999)
     assert math.sqrt(float(sched.alpha_bar[-1])) < 1e-9
-    net = SR3UNet(**network_config("tiny"))
-    torch.manual_seed(0)
-    for p in net.parameters():  # a non-trivial network (the default init predicts zeros)
-        torch.nn.init.normal_(p, std=0.05)
+    net = _acting_net(0)
     inferer = PartialDiffusionInferer(objective="sr3", inference_schedule=sched)
     gens = lambda: [torch.Generator().manual_seed(7 + i) for i in range(2)]  # noqa: E731
     sr3 = inferer.sample(lowres, net, method="sr3", generators=gens())
@@ -210,10 +216,7 @@ def test_partial_start_and_ddim_steps():
 
 def test_sampling_is_deterministic_and_batch_independent():
     hr, lowres = _pair(2)
-    net = SR3UNet(**network_config("tiny"))
-    torch.manual_seed(1)
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.05)
+    net = _acting_net(1)
     inferer = PartialDiffusionInferer(objective="sr3")
     gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
     a = inferer.sample(lowres, net, method="partdiff", steps=10, generators=gens([3, 4]))
@@ -227,10 +230,7 @@ def test_sampling_is_deterministic_and_batch_independent():
 
 def test_bf16_and_fp32_agree():
     hr, lowres = _pair(3)
-    net = SR3UNet(**network_config("tiny"))
-    torch.manual_seed(2)
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.05)
+    net = _acting_net(2)
     x = torch.cat([lowres, hr], dim=1)
     level = torch.tensor([0.6, 0.9])
     with torch.no_grad():
@@ -292,3 +292,17 @@ def test_predict_noise_puts_the_condition_first():
     cond, noisy = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
     predict_noise(net, noisy, cond, torch.tensor([0.5]))
     assert torch.equal(seen["x"][:, 0], cond[:, 0]) and torch.equal(seen["x"][:, 1], noisy[:, 0])
+
+
+def test_network_builds_from_a_monai_config():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser({"network": {"_target_": "mrisr.networks.SR3UNet", "spatial_dims": 2, "in_channels": 2,
+                                       "out_channels": 1, "channels": [16, 32], "num_res_blocks": 1},
+                           "inferer": {"_target_": "mrisr.diffusion.PartialDiffusionInferer",
+                                       "objective": "partdiff", "k_noise_level": 0.7}})
+    net = parser.get_parsed_content("network")
+    inferer = parser.get_parsed_content("inferer")
+    assert isinstance(net, SR3UNet) and net.channels == (16, 32)
+    assert isinstance(inferer, PartialDiffusionInferer) and inferer.k == 25
+    assert net(torch.randn(1, 2, 12, 12), torch.tensor([0.5])).shape == (1, 1, 12, 12)
