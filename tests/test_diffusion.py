@@ -21,6 +21,7 @@ def test_paper_schedules_and_k():
     assert inf.noise_level(50) == pytest.approx(0.2548, abs=1e-3)  # "about 0.25" (Sec. 5.1.2)
     assert inf.noise_level(50) >= 0.25 > inf.noise_level(51)
     assert inf.k_for_noise_level(inf.noise_level(25)) == 25
+    assert inf.noise_level(25) == pytest.approx(0.7199, abs=1e-4) and inf.k_for_noise_level(0.71) == 25
     tr = training_schedule()
     assert tr.num_steps == 2000
     np.testing.assert_allclose(tr.betas[1:].numpy(), np.linspace(5e-5, 0.01, 2000))
@@ -300,7 +301,7 @@ def test_network_builds_from_a_monai_config():
     parser = ConfigParser({"network": {"_target_": "mrisr.networks.SR3UNet", "spatial_dims": 2, "in_channels": 2,
                                        "out_channels": 1, "channels": [16, 32], "num_res_blocks": 1},
                            "inferer": {"_target_": "mrisr.diffusion.PartialDiffusionInferer",
-                                       "objective": "partdiff", "k_noise_level": 0.7}})
+                                       "objective": "partdiff", "k_noise_level": 0.71}})
     net = parser.get_parsed_content("network")
     inferer = parser.get_parsed_content("inferer")
     assert isinstance(net, SR3UNet) and net.channels == (16, 32)
