@@ -394,7 +394,7 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     extras: dict[str, Any] = {}
     if spec.learned:
         extras = {"sampler": getattr(upsampler, "sampler", None), "steps": getattr(upsampler, "steps_run", None),
-                  "seed": seed, "samples": samples, "model": str(options.get("model")),
+                  "seed": seed, "samples": samples, "model": str(upsampler.model.path),  # type: ignore[attr-defined]
                   "precision": options.get("precision") or "bf16"}
     return UpsampleResult(volume=out, plan=plan, method=method, device=str(dev), seconds=seconds,
                           network_evaluations=int(upsampler.network_evaluations), std_volume=std_volume,
