@@ -104,7 +104,7 @@ def test_sigkill_then_resume_continues_exactly(tmp_path):
 
 @needs_prostatex
 def test_torchrun_two_gloo_ranks_hold_identical_weights(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "mrisr.train", str(TINY), "-o", "ddp", "--max-steps", "4", "--device", "cpu", "--quiet"]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_env())
     assert result.returncode == 0, result.stderr[-3000:]
