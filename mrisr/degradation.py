@@ -6,7 +6,10 @@ signal over ``f`` fine lines (Sec. 5.2.2 of the PartDiff paper uses the average 
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
+import torch
 
 from mrisr.errors import GeometryError
 from mrisr.geometry import check_factor, downsampled_affine
@@ -14,27 +17,34 @@ from mrisr.io import Volume
 
 __all__ = ["average_lines", "thick_slice_volume"]
 
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
-def average_lines(data: np.ndarray, axis: int, factor: int) -> np.ndarray:
-    """Average each run of ``factor`` consecutive samples along ``axis``.
+
+def average_lines(data: ArrayT, axis: int, factor: int) -> ArrayT:
+    """Average each run of ``factor`` consecutive samples along ``axis`` (numpy or torch).
 
     A trailing remainder shorter than ``factor`` is dropped.
 
     Args:
-        data: array of any shape.
-        axis: the axis to thicken.
+        data: array or tensor of any shape.
+        axis: the axis to thicken (negative counts from the end).
         factor: samples per thick sample (>= 2).
 
     Returns:
-        Array with ``data.shape[axis] // factor`` samples along ``axis``, float32.
+        ``data.shape[axis] // factor`` samples along ``axis``; float32 for numpy input, the
+        input's floating dtype (float32 for integer tensors) for torch.
     """
     factor = check_factor(factor)
     n = data.shape[axis] // factor
     if n < 1:
         raise GeometryError(f"axis {axis} has {data.shape[axis]} samples, fewer than the factor {factor}")
+    if isinstance(data, torch.Tensor):
+        moved = data.movedim(axis, 0)[: n * factor]
+        moved = moved if moved.is_floating_point() else moved.float()
+        return moved.reshape(n, factor, *moved.shape[1:]).mean(dim=1).movedim(0, axis)  # type: ignore[return-value]
     moved = np.moveaxis(np.asarray(data, dtype=np.float64), axis, 0)[: n * factor]
     thick = moved.reshape(n, factor, *moved.shape[1:]).mean(axis=1)
-    return np.moveaxis(thick, 0, axis).astype(np.float32)
+    return np.moveaxis(thick, 0, axis).astype(np.float32)  # type: ignore[return-value]
 
 
 def thick_slice_volume(volume: Volume, axis: int, factor: int) -> Volume:

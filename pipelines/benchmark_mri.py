@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from mrisr.degradation import thick_slice_volume
 from mrisr.errors import MrisrError
 from mrisr.evaluation import psnr, ssim
 from mrisr.geometry import downsampled_affine, plan_upsampling
@@ -79,26 +79,21 @@ def _si_axis(affine: np.ndarray) -> int:
 
 
 def degrade(volume: Volume, plane: str, factor: int) -> tuple[Volume, int]:
-    """The simulated low-resolution volume and the axis ``mrisr upsample --axis`` must use."""
+    """The simulated low-resolution volume and the axis ``mrisr upsample --axis`` must use:
+    the training degradations (mrisr.transforms / mrisr.degradation) applied to whole volumes."""
     from mrisr.geometry import slice_axis
+    from mrisr.transforms import InPlaneDegrade
 
     if plane == "in":
         axis = slice_axis(volume.affine)
-        moved = np.moveaxis(volume.data, axis, 0)  # (N, a, b)
-        t = torch.from_numpy(np.ascontiguousarray(moved))[:, None]
-        h, w = t.shape[-2:]
-        t = t[..., : h - h % factor, : w - w % factor]
-        lr = F.interpolate(t, size=(t.shape[-2] // factor, t.shape[-1] // factor), mode="bicubic",
-                           antialias=True, align_corners=False)[:, 0].numpy()
-        data = np.moveaxis(lr, 0, axis)
+        moved = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume.data, axis, 0)))[:, None]
+        h, w = moved.shape[-2:]
+        moved = moved[..., : h - h % factor, : w - w % factor]
+        lr = InPlaneDegrade(factor, blur_sigma_max=0.0).lowres(moved)[:, 0].numpy()
         factors = tuple(1 if a == axis else factor for a in range(3))
-        return volume.with_data(data, downsampled_affine(volume.affine, factors)), axis  # type: ignore[arg-type]
+        return volume.with_data(np.moveaxis(lr, 0, axis), downsampled_affine(volume.affine, factors)), axis  # type: ignore[arg-type]
     axis = _si_axis(volume.affine)
-    n = volume.shape[axis] // factor * factor
-    moved = np.moveaxis(volume.data, axis, 0)[:n]
-    thick = moved.reshape(n // factor, factor, *moved.shape[1:]).mean(axis=1)
-    factors = tuple(factor if a == axis else 1 for a in range(3))
-    return volume.with_data(np.moveaxis(thick, 0, axis), downsampled_affine(volume.affine, factors)), axis  # type: ignore[arg-type]
+    return thick_slice_volume(volume, axis, factor), axis
 
 
 def reference_on_grid(hr: Volume, lr: Volume, plan_shape: tuple[int, ...]) -> np.ndarray:

@@ -50,3 +50,13 @@ def test_ssim_bounds(rng):
     noise = rng.normal(0, 1, ref.shape)
     scores = [ssim(ref + sigma * noise, ref, 1.0) for sigma in (0.05, 0.2, 0.8)]
     assert 1.0 > scores[0] > scores[1] > scores[2]
+
+
+def test_average_lines_numpy_and_torch_agree(rng):
+    import torch
+
+    data = rng.normal(size=(3, 4, 13)).astype(np.float32)
+    a = average_lines(data, axis=-1, factor=6)
+    b = average_lines(torch.from_numpy(data), axis=-1, factor=6)
+    assert isinstance(b, torch.Tensor) and b.shape == (3, 4, 2)
+    np.testing.assert_allclose(b.numpy(), a, rtol=1e-6, atol=1e-6)

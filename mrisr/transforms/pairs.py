@@ -31,6 +31,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import TransformBackends
 
+from mrisr.degradation import average_lines
 from mrisr.geometry import check_factor, slice_axis, voxel_spacing
 from mrisr.interpolation import bicubic_upsample
 
@@ -182,8 +183,7 @@ class ThroughPlaneDegrade(Transform):
     def lowres(self, planes: torch.Tensor) -> torch.Tensor:
         """The thick-slice image of ``(B, C, H, W)`` planes: each run of ``factor`` rows averaged."""
         _check_divisible(tuple(planes.shape), (self.factor, 1))
-        b, c, h, w = planes.shape
-        return planes.float().reshape(b, c, h // self.factor, self.factor, w).mean(dim=3)
+        return average_lines(planes.float(), -2, self.factor)
 
     def __call__(self, img: Any) -> Any:
         x, was_tensor = _as_tensor(img)
