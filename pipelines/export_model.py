@@ -1,0 +1,65 @@
+"""Export the EMA weights of a training run as a compact safetensors model (bf16 by default).
+
+Usage:
+    python pipelines/export_model.py RUN_DIR OUTPUT.safetensors [--dtype bfloat16]
+        [--register NAME --methods partdiff [sr3 ...] [--description TEXT]]
+
+RUN_DIR is an `mrisr train` output folder: its newest checkpoint is exported with the full
+model config (plus the step it was taken at). With ``--register`` the file is added to (or
+replaced in) ``mrisr/weights/registry.json`` with its sha256, which makes it a default model
+of ``mrisr upsample`` for the methods named; OUTPUT must then lie in ``mrisr/weights/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from mrisr.models import save_model, sha256
+
+REGISTRY = Path(__file__).resolve().parents[1] / "mrisr" / "weights" / "registry.json"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--register", metavar="NAME")
+    parser.add_argument("--methods", nargs="+", default=[])
+    parser.add_argument("--description", default="")
+    args = parser.parse_args()
+
+    checkpoints = sorted((args.run / "checkpoints").glob("step_*.pt"))
+    if not checkpoints:
+        sys.exit(f"export_model: no checkpoints in {args.run / 'checkpoints'}")
+    blob = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)
+    config = dict(blob["config"])
+    config["exported_from_step"] = int(blob["step"])
+    path = save_model(args.output, blob["ema"], config, dtype=args.dtype)
+    digest = sha256(path)
+    print(f"{path}: step {blob['step']}, {path.stat().st_size / 1e6:.1f} MB, sha256 {digest}")
+    if args.register:
+        if path.resolve().parent != REGISTRY.parent:
+            sys.exit(f"export_model: registered models must lie in {REGISTRY.parent}")
+        if not args.methods:
+            sys.exit("export_model: --register needs --methods")
+        registry = json.loads(REGISTRY.read_text())
+        entry = {"name": args.register, "file": path.name, "sha256": digest, "methods": args.methods,
+                 "plane": config["task"]["plane"], "factor": config["task"]["factor"],
+                 "objective": config["inferer"]["objective"], "step": int(blob["step"]),
+                 "description": args.description}
+        registry["models"] = [m for m in registry["models"] if m["name"] != args.register] + [entry]
+        tmp = REGISTRY.with_suffix(".tmp")
+        tmp.write_text(json.dumps(registry, indent=2) + "\n")
+        tmp.replace(REGISTRY)
+        print(f"registered {args.register} for --method {' / '.join(args.methods)} in {REGISTRY}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
