@@ -98,6 +98,8 @@ class DicomSeries:
     description: str
     files: tuple[str, ...]
     modality: str = ""
+    #: position of each file along the slice normal (mm), in file order
+    positions: tuple[float, ...] = ()
 
     @property
     def n_slices(self) -> int:
@@ -250,7 +252,7 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    groups: dict[str, list[tuple[float, str, Any]]] = {}
+    groups: dict[str, list[tuple[str, Any]]] = {}
     for root, _dirs, files in os.walk(folder):
         for name in sorted(files):
             fpath = os.path.join(root, name)
@@ -261,15 +263,15 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
             uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
             if not uid or "ImagePositionPatient" not in ds:
                 continue
-            groups.setdefault(uid, []).append((0.0, fpath, ds))
+            groups.setdefault(uid, []).append((fpath, ds))
     series = []
     for uid, items in groups.items():
-        ds0 = items[0][2]
+        ds0 = items[0][1]
         normal = _slice_normal(ds0)
-        ordered = sorted(items, key=lambda it: (float(np.dot(normal, _position(it[2]))), it[1]))
+        keyed = sorted((float(np.dot(normal, _position(ds))), fpath) for fpath, ds in items)
         series.append(DicomSeries(uid=uid, description=str(getattr(ds0, "SeriesDescription", "") or ""),
-                                  files=tuple(it[1] for it in ordered),
-                                  modality=str(getattr(ds0, "Modality", "") or "")))
+                                  files=tuple(f for _, f in keyed), modality=str(getattr(ds0, "Modality", "") or ""),
+                                  positions=tuple(p for p, _ in keyed)))
     return sorted(series, key=lambda s: (s.description, s.uid))
 
 
@@ -325,14 +327,9 @@ def _load_dicom_folder(folder: Path, uid: str | None, nonfinite: NonFinite) -> V
 
 def _check_dicom_spacing(series: DicomSeries) -> None:
     """Reject series whose slices are not evenly spaced: one affine cannot describe them."""
-    import pydicom
-
     if series.n_slices < 2:
         return
-    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
-    normal = _slice_normal(headers[0])
-    positions = np.asarray([np.dot(normal, _position(ds)) for ds in headers])
-    gaps = np.diff(positions)
+    gaps = np.diff(np.asarray(series.positions))
     if np.any(np.abs(gaps) < 1e-4):
         raise InputError(f"DICOM series {series.uid} has several images at the same position "
                          "(a multi-echo or repeated acquisition?); mrisr needs one 3D volume")

@@ -96,7 +96,7 @@ def degrade(volume: Volume, plane: str, factor: int) -> tuple[Volume, int]:
     return thick_slice_volume(volume, axis, factor), axis
 
 
-def reference_on_grid(hr: Volume, lr: Volume, plan_shape: tuple[int, ...]) -> np.ndarray:
+def reference_on_grid(hr: Volume, plan_shape: tuple[int, ...]) -> np.ndarray:
     """The HR volume cropped to the upsampled grid (identical geometry by construction)."""
     return hr.data[tuple(slice(0, n) for n in plan_shape)]
 
@@ -148,7 +148,7 @@ def main() -> int:
         hr = load_volume(entry.image)
         lr, axis = degrade(hr, args.plane, factor)
         plan = plan_upsampling(lr.shape, lr.affine, args.plane, factor, axis)
-        ref = reference_on_grid(hr, lr, plan.output_shape)
+        ref = reference_on_grid(hr, plan.output_shape)
         norm = robust_range(ref)
         stack = plan.stack_axis
         n = lr.shape[stack]
@@ -202,7 +202,7 @@ def main() -> int:
                     for label, m in results.items()},
     }
     (out_dir / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = [f"| method | PSNR dB | SSIM | consistency MSE | network evals / slice | s / slice | s / volume |",
+    lines = ["| method | PSNR dB | SSIM | consistency MSE | network evals / slice | s / slice | s / volume |",
              "|---|---|---|---|---|---|---|"]
     for label, m in summary["methods"].items():
         lines.append(f"| {label} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['consistency_mse']:.2e} | "

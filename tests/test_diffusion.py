@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrisr.diffusion import (PartialDiffusionInferer, NoiseSchedule, alignment_weight, ancestral_sample, ddim_sample,
-                             ddim_steps, inference_schedule, noisy_input, partial_start, predict_noise,
+from mrisr.diffusion import (PartialDiffusionInferer, NoiseSchedule, alignment_weight, ddim_steps, inference_schedule, noisy_input, partial_start, predict_noise,
                              training_schedule)
 from mrisr.errors import ConfigError
 from mrisr.networks import SR3UNet, network_config

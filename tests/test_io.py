@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -167,3 +169,15 @@ def test_output_stem():
     assert output_stem("scan.NII") == "scan"
     assert output_stem("scan.v2.nrrd") == "scan.v2"
     assert output_stem("/data/dicom/series_5") == "series_5"
+
+
+@needs_prostatex
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    src = prostatex_dicom("ProstateX-0218", 5)
+    series = list_dicom_series(src)[0]
+    assert len(series.positions) == 20 and np.allclose(np.diff(series.positions), 3.6, atol=1e-3)
+    for n, f in enumerate(series.files):
+        if n != 10:  # drop one slice from the middle
+            (tmp_path / f"{n:03d}.dcm").write_bytes(Path(f).read_bytes())
+    with pytest.raises(InputError, match="unevenly spaced slices"):
+        load_volume(tmp_path)
