@@ -76,11 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--factor", required=True, help="integer upsampling factor >= 2")
     up.add_argument("--axis", help="slice axis 0, 1 or 2 (default: the axis with the largest spacing)")
     up.add_argument("--series", help="SeriesInstanceUID when the DICOM folder holds several series")
-    up.add_argument("--method", default="bicubic",
-                    help="bicubic (default), bspline, or with a trained --model: partdiff, sr3, regression")
-    up.add_argument("--model", help="trained model (.safetensors, or a .pt checkpoint of mrisr train)")
+    up.add_argument("--method", default="partdiff",
+                    help="partdiff (default), sr3, regression (shipped models, or your own --model), "
+                    "bicubic, bspline")
+    up.add_argument("--model", help="trained model (.safetensors, or a .pt checkpoint of mrisr train); "
+                    "default: the shipped model for the plane and factor (see docs/models.md)")
     up.add_argument("--sampler", choices=["ancestral", "ddim"],
-                    help="partdiff / sr3: ancestral (default; one network pass per step) or ddim (few steps)")
+                    help="partdiff / sr3: ancestral (one network pass per step) or ddim (few steps); default: "
+                    "what the shipped model's card recommends, ancestral for your own --model")
     up.add_argument("--steps", help="partdiff ancestral: K, the start step (default: the model's); "
                     "ddim: network evaluations (default 8)")
     up.add_argument("--samples", default="1", help="average N stochastic samples and also write their "

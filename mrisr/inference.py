@@ -219,9 +219,13 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     from mrisr.models import default_model, load_model
 
     expected_sha256 = None
+    trained_factor_only = True
     if model is None:
         shipped = default_model(method, plan.plane, plan.factor)
         model, expected_sha256 = str(shipped.path), shipped.sha256
+        trained_factor_only = False  # the registry says which factors it serves
+        if sampler is None and steps is None and method == "partdiff":
+            sampler, steps = shipped.sampler, shipped.steps
     precision = precision or "bf16"
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
@@ -231,7 +235,7 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
         raise ConfigError(f"--method {method} needs a model trained with objective "
                           f"{' or '.join(_OBJECTIVES_FOR[method])}, but {loaded.path.name} was trained for "
                           f"{loaded.objective}")
-    if (loaded.plane, loaded.factor) != (plan.plane, plan.factor):
+    if loaded.plane != plan.plane or (trained_factor_only and loaded.factor != plan.factor):
         raise ConfigError(f"{loaded.path.name} was trained for --plane {loaded.plane} --factor {loaded.factor}, "
                           f"not --plane {plan.plane} --factor {plan.factor}")
     sampler = sampler or "ancestral"

@@ -89,6 +89,22 @@ class Volume:
         return Volume(np.ascontiguousarray(data, dtype=np.float32), np.asarray(affine, dtype=np.float64),
                       {**self.metadata, **metadata})
 
+    def crop(self, sizes: Sequence[int | None], multiple: Sequence[int] = (1, 1, 1)) -> Volume:
+        """The central ``sizes[a]`` voxels along each axis (None or a larger size: all of it), each
+        size rounded down to a multiple of ``multiple[a]``; the affine moves so that every kept
+        voxel keeps its world position."""
+        starts, index = [], []
+        for n, size, m in zip(self.shape, sizes, multiple):
+            size = n if size is None or size >= n else size
+            size -= size % m
+            if size < 1:
+                raise ValueError(f"crop of {sizes} leaves no voxels of a {self.shape} volume")
+            starts.append((n - size) // 2)
+            index.append(slice(starts[-1], starts[-1] + size))
+        affine = self.affine.copy()
+        affine[:3, 3] = self.affine[:3, :3] @ np.asarray(starts, float) + self.affine[:3, 3]
+        return self.with_data(self.data[tuple(index)], affine)
+
 
 @dataclass(frozen=True)
 class DicomSeries:

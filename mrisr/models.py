@@ -182,7 +182,20 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", expe
 
 @dataclass(frozen=True)
 class ShippedModel:
-    """One entry of ``mrisr/weights/registry.json``."""
+    """One entry of ``mrisr/weights/registry.json``.
+
+    Attributes:
+        name: registry name.
+        file: the safetensors file next to the registry.
+        sha256: its checksum, verified on every load.
+        methods: the ``--method`` values it serves.
+        plane: ``in`` or ``through``.
+        factor: the factor it was trained for.
+        factors: the factors it serves (its own, plus any the benchmark showed it also serves well).
+        sampler, steps: what ``mrisr upsample`` runs when the user names neither (None: ancestral
+            sampling from the model's own K).
+        description: one line for docs and errors.
+    """
 
     name: str
     file: str
@@ -190,11 +203,17 @@ class ShippedModel:
     methods: tuple[str, ...]
     plane: str
     factor: int
+    factors: tuple[int, ...] = ()
+    sampler: str | None = None
+    steps: int | None = None
     description: str = ""
 
     @property
     def path(self) -> Path:
         return Path(__file__).resolve().parent / "weights" / self.file
+
+    def serves(self, method: str, plane: str, factor: int) -> bool:
+        return method in self.methods and plane == self.plane and factor in (self.factors or (self.factor,))
 
 
 def shipped_models() -> list[ShippedModel]:
@@ -204,7 +223,9 @@ def shipped_models() -> list[ShippedModel]:
         return []
     blob = json.loads(registry.read_text())
     return [ShippedModel(name=m["name"], file=m["file"], sha256=m["sha256"], methods=tuple(m["methods"]),
-                         plane=m["plane"], factor=int(m["factor"]), description=m.get("description", ""))
+                         plane=m["plane"], factor=int(m["factor"]),
+                         factors=tuple(int(f) for f in m.get("factors", [m["factor"]])),
+                         sampler=m.get("sampler"), steps=m.get("steps"), description=m.get("description", ""))
             for m in blob.get("models", [])]
 
 
@@ -216,9 +237,10 @@ def default_model(method: str, plane: str, factor: int) -> ShippedModel:
     """
     models = shipped_models()
     for model in models:
-        if method in model.methods and model.plane == plane and model.factor == factor:
+        if model.serves(method, plane, factor):
             return model
-    offered = [f"--method {m} --plane {s.plane} --factor {s.factor}" for s in models for m in s.methods]
+    offered = [f"--method {m} --plane {s.plane} --factor {f}" for s in models for m in s.methods
+               for f in (s.factors or (s.factor,))]
     listing = "; ".join(offered) if offered else "none yet"
     raise ConfigError(f"no default {method} model ships for --plane {plane} --factor {factor} (shipped: "
-                      f"{listing}); pass --model PATH with a model trained by mrisr train")
+                      f"{listing}); pass --model PATH with a model trained by mrisr train, or --method bicubic")

@@ -2,12 +2,15 @@
 
 Usage:
     python pipelines/export_model.py RUN_DIR OUTPUT.safetensors [--dtype bfloat16]
-        [--register NAME --methods partdiff [sr3 ...] [--description TEXT]]
+        [--register NAME --methods partdiff [sr3 ...] [--factors 4 2] [--sampler ddim --steps 8]
+         [--description TEXT]]
 
 RUN_DIR is an `mrisr train` output folder: its newest checkpoint is exported with the full
 model config (plus the step it was taken at). With ``--register`` the file is added to (or
 replaced in) ``mrisr/weights/registry.json`` with its sha256, which makes it a default model
-of ``mrisr upsample`` for the methods named; OUTPUT must then lie in ``mrisr/weights/``.
+of ``mrisr upsample`` for the methods named (and the factors named: by default only the one it
+was trained for); ``--sampler`` / ``--steps`` set what ``--method partdiff`` runs when the user
+names neither. OUTPUT must then lie in ``mrisr/weights/``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ def main() -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--register", metavar="NAME")
     parser.add_argument("--methods", nargs="+", default=[])
+    parser.add_argument("--factors", nargs="+", type=int, help="factors it serves (default: its own)")
+    parser.add_argument("--sampler", choices=["ancestral", "ddim"], help="default sampler of --method partdiff")
+    parser.add_argument("--steps", type=int, help="default --steps of --method partdiff")
     parser.add_argument("--description", default="")
     args = parser.parse_args()
 
@@ -51,6 +57,8 @@ def main() -> int:
         registry = json.loads(REGISTRY.read_text())
         entry = {"name": args.register, "file": path.name, "sha256": digest, "methods": args.methods,
                  "plane": config["task"]["plane"], "factor": config["task"]["factor"],
+                 "factors": args.factors or [config["task"]["factor"]], "sampler": args.sampler,
+                 "steps": args.steps,
                  "objective": config["inferer"]["objective"], "step": int(blob["step"]),
                  "description": args.description}
         registry["models"] = [m for m in registry["models"] if m["name"] != args.register] + [entry]

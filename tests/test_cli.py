@@ -141,7 +141,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 def test_upsample_writes_default_output_and_report(tmp_path, small_volume):
     before = file_digest(small_volume)
-    result = run_mrisr("upsample", small_volume, "--plane", "through", "--factor", "3",
+    result = run_mrisr("upsample", small_volume, "--plane", "through", "--factor", "3", "--method", "bicubic",
                        "--report", "run.json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "small_sr.nii.gz"
@@ -162,11 +162,12 @@ def test_upsample_writes_default_output_and_report(tmp_path, small_volume):
     assert file_digest(small_volume) == before
     # a second run without --overwrite is refused and leaves the first output alone
     first = out.read_bytes()
-    again = run_mrisr("upsample", small_volume, "--plane", "through", "--factor", "3", cwd=tmp_path)
+    again = run_mrisr("upsample", small_volume, "--plane", "through", "--factor", "3", "--method", "bicubic",
+                      cwd=tmp_path)
     _assert_refused(again, "exists")
     assert out.read_bytes() == first
-    assert run_mrisr("upsample", small_volume, "--plane", "through", "--factor", "3", "--overwrite",
-                     "--quiet", cwd=tmp_path).returncode == 0
+    assert run_mrisr("upsample", small_volume, "--plane", "through", "--factor", "3", "--method", "bicubic",
+                     "--overwrite", "--quiet", cwd=tmp_path).returncode == 0
 
 
 @needs_prostatex

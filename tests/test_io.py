@@ -181,3 +181,20 @@ def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
             (tmp_path / f"{n:03d}.dcm").write_bytes(Path(f).read_bytes())
     with pytest.raises(InputError, match="unevenly spaced slices"):
         load_volume(tmp_path)
+
+
+def test_crop_keeps_world_positions():
+    affine = make_affine("oblique")
+    data = np.arange(20 * 13 * 7, dtype=np.float32).reshape(20, 13, 7)
+    vol = Volume(data, affine)
+    out = vol.crop([9, None, 5], multiple=[4, 1, 1])
+    assert out.shape == (8, 13, 5)  # 9 rounded down to a multiple of 4; None keeps the axis
+    starts = np.array([(20 - 8) // 2, 0, 1])
+    np.testing.assert_array_equal(out.data, data[6:14, :, 1:6])
+    for ijk in [(0, 0, 0), (7, 12, 4), (3, 5, 2)]:
+        world_out = out.affine @ np.array([*ijk, 1.0])
+        world_in = affine @ np.array([*(np.array(ijk) + starts), 1.0])
+        np.testing.assert_allclose(world_out, world_in, atol=1e-9)
+    np.testing.assert_array_equal(vol.data, data)  # the source is untouched
+    with pytest.raises(ValueError, match="leaves no voxels"):
+        vol.crop([3, None, None], multiple=[4, 1, 1])
