@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -216,16 +217,17 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
                    sampler: str | None = None, steps: int | None = None, precision: Precision | None = None,
                    **_: Any) -> PlaneUpsampler:
     from mrisr.diffusion import SAMPLERS
-    from mrisr.models import default_model, load_model
+    from mrisr.models import default_model, load_model, shipped_models
 
     expected_sha256 = None
-    trained_factor_only = True
     if model is None:
         shipped = default_model(method, plan.plane, plan.factor)
         model, expected_sha256 = str(shipped.path), shipped.sha256
-        trained_factor_only = False  # the registry says which factors it serves
         if sampler is None and steps is None and method == "partdiff":
             sampler, steps = shipped.sampler, shipped.steps
+    # a model runs at the factor it was trained for, or at those the registry says it serves
+    served = any(m.serves(method, plan.plane, plan.factor) and m.path == Path(model).resolve()
+                 for m in shipped_models())
     precision = precision or "bf16"
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
@@ -235,7 +237,7 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
         raise ConfigError(f"--method {method} needs a model trained with objective "
                           f"{' or '.join(_OBJECTIVES_FOR[method])}, but {loaded.path.name} was trained for "
                           f"{loaded.objective}")
-    if loaded.plane != plan.plane or (trained_factor_only and loaded.factor != plan.factor):
+    if (loaded.plane, loaded.factor) != (plan.plane, plan.factor) and not served:
         raise ConfigError(f"{loaded.path.name} was trained for --plane {loaded.plane} --factor {loaded.factor}, "
                           f"not --plane {plan.plane} --factor {plan.factor}")
     sampler = sampler or "ancestral"

@@ -103,8 +103,13 @@ def save_model(path: str | os.PathLike, network: torch.nn.Module | dict[str, tor
     tensors = {k: v.detach().to("cpu", _DTYPES[dtype] if v.is_floating_point() else v.dtype).contiguous()
                for k, v in state.items()}
     tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"mrisr_config": json.dumps(config, sort_keys=True)})
-    os.replace(tmp, out)
+    try:
+        save_file(tensors, str(tmp), metadata={"mrisr_config": json.dumps(config, sort_keys=True)})
+        os.chmod(tmp, 0o644)  # safetensors creates the file owner-only; a model is for sharing
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out
 
 

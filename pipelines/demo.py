@@ -11,9 +11,10 @@ a true reference. It is, in order of preference:
 * otherwise the MNI ICBM152 T1 template from nilearn's package data (brain T1: outside the
   prostate T2 domain the models were trained on; classical methods are the fairer bar there).
 
-To finish in about two minutes on a 2-core CPU the demo takes a central 192 x 192 voxel crop of
-at most 24 planes and runs the 8-step DDIM partial sampler; ``--full`` runs the whole volume
-with the shipped model's defaults.
+PartDiff runs exactly as ``mrisr upsample`` does by default (the shipped model's sampler: 4 DDIM
+steps from the partial start). To finish within about two minutes on a 2-core CPU whatever the
+volume, the demo takes a central 192 x 192 voxel crop of at most 24 planes; ``--full`` runs the
+whole volume.
 
 Usage: python pipelines/demo.py [--output-dir demo_output] [--volume PATH] [--full]
 """
@@ -39,7 +40,6 @@ FACTOR = 6
 REPO = Path(__file__).resolve().parents[1]
 PROSTATEX_SAG = REPO.parent / "shared" / "data" / "prostatex" / "nifti" / "ProstateX-0218_t2_sag_s4.nii.gz"
 CROP, MAX_PLANES = 192, 24
-FAST = ["--sampler", "ddim", "--steps", "8"]
 
 
 def mni152_path() -> Path | None:
@@ -76,18 +76,19 @@ def save_comparison(path: Path, panels: dict[str, np.ndarray], reference: str) -
     tmp.replace(path)
 
 
-def display_plane(data: np.ndarray, stack: int, si: int) -> np.ndarray:
-    """The middle plane across the stack axis, superior-inferior running down the page."""
+def display_plane(data: np.ndarray, stack: int, si: int, superior_up: bool) -> np.ndarray:
+    """The middle plane across the stack axis, superior at the top of the page."""
     plane = np.take(data, data.shape[stack] // 2, axis=stack)
     rows_axis = [a for a in range(3) if a != stack].index(si)
-    return plane if rows_axis == 0 else plane.T
+    plane = plane if rows_axis == 0 else plane.T
+    return plane[::-1] if superior_up else plane
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="demo_output", type=Path)
     parser.add_argument("--volume", type=Path, help="a high-resolution volume to use instead")
-    parser.add_argument("--full", action="store_true", help="whole volume, the shipped model's default sampler")
+    parser.add_argument("--full", action="store_true", help="the whole volume instead of a central crop")
     args = parser.parse_args()
     out_dir: Path = args.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,6 +100,7 @@ def main() -> int:
     in_domain = source == PROSTATEX_SAG
     reference = load_volume(source)
     si = si_axis(reference.affine)
+    superior_up = bool(reference.affine[2, si] > 0)  # the index grows superior: flip for display
     # whole thick slices only, then (fast mode) a central crop
     reference = reference.crop([None] * 3, multiple=[FACTOR if a == si else 1 for a in range(3)])
     if not args.full:
@@ -108,7 +110,7 @@ def main() -> int:
     if not args.full:
         reference = reference.crop([MAX_PLANES if a == stack else None for a in range(3)])
     thick = thick_slice_volume(reference, si, FACTOR)
-    name = source.name.split(".")[0]
+    name = "mni152_t1" if source.name.startswith("mni_icbm152") else source.name.split(".")[0]
     thick_path = out_dir / f"{name}_thick.nii.gz"
     save_volume(thick, thick_path, overwrite=True)
     print(f"volume: {source}" + ("" if in_domain else "  (outside the prostate T2 training domain)"))
@@ -118,9 +120,9 @@ def main() -> int:
           + ")")
 
     runs = {"bicubic": ["--method", "bicubic"], "bspline": ["--method", "bspline"],
-            "partdiff": [] if args.full else FAST}
+            "partdiff": []}  # the defaults of `mrisr upsample`
     results = {}
-    panels = {f"input ({FACTOR}x thicker)": display_plane(np.repeat(thick.data, FACTOR, axis=si), stack, si)}
+    panels = {f"input ({FACTOR}x thicker)": display_plane(np.repeat(thick.data, FACTOR, axis=si), stack, si, superior_up)}
     data_range = float(np.percentile(reference.data, 99.5) - np.percentile(reference.data, 0.5))
     ref_planes = np.moveaxis(reference.data, stack, 0)
     for method, extra in runs.items():
@@ -146,8 +148,8 @@ def main() -> int:
             "seconds_with_startup": time.perf_counter() - start,
             **({"sampler": blob.get("sampler"), "steps": blob.get("steps")} if method == "partdiff" else {}),
         }
-        panels[method] = display_plane(up.data, stack, si)
-    panels["reference"] = display_plane(reference.data, stack, si)
+        panels[method] = display_plane(up.data, stack, si, superior_up)
+    panels["reference"] = display_plane(reference.data, stack, si, superior_up)
 
     png = out_dir / "comparison.png"
     save_comparison(png, panels, "reference")
@@ -165,7 +167,7 @@ def main() -> int:
     print(f"outputs:    {out_dir.resolve()}/{name}_<method>_x{FACTOR}.nii.gz")
     print(f"comparison: {png.resolve()} (middle plane: input, methods, reference)")
     if not args.full:
-        print("whole volume, the shipped model's default sampler: python pipelines/demo.py --full")
+        print("the whole volume: .venv/bin/python pipelines/demo.py --full")
     return 0
 
 
