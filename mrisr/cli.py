@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="partdiff / sr3: ancestral (one network pass per step) or ddim (few steps); default: "
                     "what the shipped model's card recommends, ancestral for your own --model")
     up.add_argument("--steps", help="partdiff ancestral: K, the start step (default: the model's); "
-                    "ddim: network evaluations (default 8)")
+                    "ddim: network evaluations (default: the shipped model's, else 8)")
     up.add_argument("--samples", default="1", help="average N stochastic samples and also write their "
                     "per-voxel standard deviation to <output>_std.nii.gz (default 1)")
     up.add_argument("--precision", choices=["bf16", "fp32"], help="network precision of learned methods "

@@ -149,8 +149,8 @@ def main() -> int:
     for entry in entries:
         hr = load_volume(entry.image)
         whole_voxels = int(np.prod(hr.shape))
-        if args.crop:  # the central crop of every long axis (stacks of <= 23 slices stay whole)
-            hr = hr.crop([args.crop] * 3, multiple=[factor] * 3)
+        if args.crop:  # the central crop of every axis longer than --crop (stacks of slices stay whole)
+            hr = hr.crop([args.crop] * 3, multiple=[factor if n > args.crop else 1 for n in hr.shape])
         lr, axis = degrade(hr, args.plane, factor)
         plan = plan_upsampling(lr.shape, lr.affine, args.plane, factor, axis)
         ref = reference_on_grid(hr, plan.output_shape)

@@ -34,7 +34,7 @@ import numpy as np
 from mrisr.degradation import thick_slice_volume
 from mrisr.evaluation import psnr, ssim
 from mrisr.geometry import plan_upsampling
-from mrisr.io import Volume, load_volume, save_volume
+from mrisr.io import load_volume, save_volume
 
 FACTOR = 6
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def main() -> int:
     if source is None:
         sys.exit("demo: neither ../shared/data nor nilearn's MNI152 template is here; run `make demo` "
                  "(it installs the demo extras) or pass --volume")
-    in_domain = source == PROSTATEX_SAG
+    is_mni = source.name.startswith("mni_icbm152")
     reference = load_volume(source)
     si = si_axis(reference.affine)
     superior_up = bool(reference.affine[2, si] > 0)  # the index grows superior: flip for display
@@ -110,10 +110,10 @@ def main() -> int:
     if not args.full:
         reference = reference.crop([MAX_PLANES if a == stack else None for a in range(3)])
     thick = thick_slice_volume(reference, si, FACTOR)
-    name = "mni152_t1" if source.name.startswith("mni_icbm152") else source.name.split(".")[0]
+    name = "mni152_t1" if is_mni else source.name.split(".")[0]
     thick_path = out_dir / f"{name}_thick.nii.gz"
     save_volume(thick, thick_path, overwrite=True)
-    print(f"volume: {source}" + ("" if in_domain else "  (outside the prostate T2 training domain)"))
+    print(f"volume: {source}" + ("  (brain T1: outside the prostate T2 training domain)" if is_mni else ""))
     print(f"input:  {thick_path}  ({' x '.join(map(str, thick.shape))} voxels of "
           f"{' x '.join(f'{s:.3g}' for s in thick.spacing)} mm: every {FACTOR} superior-inferior lines averaged"
           + ("" if args.full else f"; central crop of {CROP} voxels and {MAX_PLANES} planes for a ~2 min CPU run")
