@@ -29,6 +29,7 @@ __all__ = [
     "UpsamplingPlan",
     "voxel_spacing",
     "slice_axis",
+    "superior_inferior_axis",
     "upsampled_affine",
     "downsampled_affine",
     "plan_upsampling",
@@ -60,6 +61,12 @@ def slice_axis(affine: np.ndarray, rtol: float = 1e-3) -> int:
     spacing = voxel_spacing(affine)
     largest = spacing.max()
     return int(max(i for i in range(3) if spacing[i] >= largest * (1.0 - rtol)))
+
+
+def superior_inferior_axis(affine: np.ndarray, axes: tuple[int, ...] = (0, 1, 2)) -> int:
+    """Of ``axes``, the array axis whose world direction is closest to superior-inferior."""
+    directions = np.asarray(affine, dtype=np.float64)[:3, :3] / voxel_spacing(affine)
+    return max(axes, key=lambda a: abs(directions[2, a]))
 
 
 def check_factor(factor: object) -> int:

@@ -220,14 +220,15 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     from mrisr.models import default_model, load_model, shipped_models
 
     expected_sha256 = None
+    # a model runs at the factor it was trained for, or at those the registry says it serves
     if model is None:
         shipped = default_model(method, plan.plane, plan.factor)
-        model, expected_sha256 = str(shipped.path), shipped.sha256
+        model, expected_sha256, served = str(shipped.path), shipped.sha256, True
         if sampler is None and steps is None and method == "partdiff":
             sampler, steps = shipped.sampler, shipped.steps
-    # a model runs at the factor it was trained for, or at those the registry says it serves
-    served = any(m.serves(method, plan.plane, plan.factor) and m.path == Path(model).resolve()
-                 for m in shipped_models())
+    else:
+        served = any(m.serves(method, plan.plane, plan.factor) and m.path == Path(model).resolve()
+                     for m in shipped_models())
     precision = precision or "bf16"
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")

@@ -43,7 +43,7 @@ import torch
 from mrisr.degradation import thick_slice_volume
 from mrisr.errors import MrisrError
 from mrisr.evaluation import psnr, ssim
-from mrisr.geometry import downsampled_affine, plan_upsampling
+from mrisr.geometry import downsampled_affine, plan_upsampling, superior_inferior_axis
 from mrisr.inference import upsample_volume
 from mrisr.io import Volume, load_volume
 from mrisr.transforms import robust_range
@@ -72,12 +72,6 @@ def method_runs(plane: str) -> list[MethodRun]:
     return runs
 
 
-def _si_axis(affine: np.ndarray) -> int:
-    """The array axis pointing most superior-inferior (in a coronal / sagittal volume)."""
-    directions = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
-    return int(np.argmax(np.abs(directions[2])))
-
-
 def degrade(volume: Volume, plane: str, factor: int) -> tuple[Volume, int]:
     """The simulated low-resolution volume and the axis ``mrisr upsample --axis`` must use:
     the training degradations (mrisr.transforms / mrisr.degradation) applied to whole volumes."""
@@ -92,7 +86,7 @@ def degrade(volume: Volume, plane: str, factor: int) -> tuple[Volume, int]:
         lr = InPlaneDegrade(factor, blur_sigma_max=0.0).lowres(moved)[:, 0].numpy()
         factors = tuple(1 if a == axis else factor for a in range(3))
         return volume.with_data(np.moveaxis(lr, 0, axis), downsampled_affine(volume.affine, factors)), axis  # type: ignore[arg-type]
-    axis = _si_axis(volume.affine)
+    axis = superior_inferior_axis(volume.affine)
     return thick_slice_volume(volume, axis, factor), axis
 
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from mrisr.degradation import thick_slice_volume
 from mrisr.evaluation import psnr, ssim
-from mrisr.geometry import plan_upsampling
+from mrisr.geometry import downsampled_affine, plan_upsampling, superior_inferior_axis
 from mrisr.io import load_volume, save_volume
 
 FACTOR = 6
@@ -49,12 +49,6 @@ def mni152_path() -> Path | None:
         return None
     path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
     return path if path.is_file() else None
-
-
-def si_axis(affine: np.ndarray) -> int:
-    """The array axis that points most superior-inferior."""
-    directions = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
-    return int(np.argmax(np.abs(directions[2])))
 
 
 def save_comparison(path: Path, panels: dict[str, np.ndarray], reference: str) -> None:
@@ -99,14 +93,17 @@ def main() -> int:
                  "(it installs the demo extras) or pass --volume")
     is_mni = source.name.startswith("mni_icbm152")
     reference = load_volume(source)
-    si = si_axis(reference.affine)
+    si = superior_inferior_axis(reference.affine)
     superior_up = bool(reference.affine[2, si] > 0)  # the index grows superior: flip for display
     # whole thick slices only, then (fast mode) a central crop
     reference = reference.crop([None] * 3, multiple=[FACTOR if a == si else 1 for a in range(3)])
     if not args.full:
         reference = reference.crop([CROP] * 3, multiple=[FACTOR if a == si else 1 for a in range(3)])
-    thick = thick_slice_volume(reference, si, FACTOR)
-    stack = plan_upsampling(thick.shape, thick.affine, "through", FACTOR, si).stack_axis
+    # the axis the planes stack along, from the thick-slice geometry (no need to average yet)
+    thick_factors = tuple(FACTOR if a == si else 1 for a in range(3))
+    thick_shape = tuple(n // f for n, f in zip(reference.shape, thick_factors))
+    stack = plan_upsampling(thick_shape, downsampled_affine(reference.affine, thick_factors), "through", FACTOR,
+                            si).stack_axis
     if not args.full:
         reference = reference.crop([MAX_PLANES if a == stack else None for a in range(3)])
     thick = thick_slice_volume(reference, si, FACTOR)

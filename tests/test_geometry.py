@@ -155,3 +155,15 @@ def test_shared_series_keep_their_slab(patient, plane_name, series):
         np.testing.assert_allclose(slab_bounds(plan.output_affine, plan.output_shape),
                                    slab_bounds(vol.affine, vol.shape), atol=1e-6)
         assert plan.slice_axis == 2  # every shared series stacks its slices along k
+
+
+def test_superior_inferior_axis():
+    from mrisr.geometry import superior_inferior_axis
+
+    # LIP (coronal): axis 1 points inferior; PIR (sagittal): axis 1; LPS (axial): axis 2
+    assert superior_inferior_axis(make_affine("LIP")) == 1
+    assert superior_inferior_axis(make_affine("PIR", spacing=(0.5, 0.5, 3.6))) == 1
+    assert superior_inferior_axis(make_affine("LPS")) == 2
+    assert superior_inferior_axis(make_affine("oblique")) == 2  # a 23 degree tilt keeps k closest to S-I
+    # among a subset: of the oblique in-plane axes, j is tilted more towards S-I (0.33 vs 0.13)
+    assert superior_inferior_axis(make_affine("oblique"), axes=(0, 1)) == 1

@@ -32,7 +32,7 @@ from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import TransformBackends
 
 from mrisr.degradation import average_lines
-from mrisr.geometry import check_factor, slice_axis, voxel_spacing
+from mrisr.geometry import check_factor, slice_axis, superior_inferior_axis
 from mrisr.interpolation import bicubic_upsample
 
 __all__ = [
@@ -52,12 +52,6 @@ __all__ = [
 
 PairKind = Literal["in", "through", "selfsup"]
 PAIR_KINDS: tuple[str, ...] = get_args(PairKind)
-
-
-def _superior_axis(affine: np.ndarray, axes: tuple[int, int]) -> int:
-    """Of two array axes, the one whose world direction is closer to superior-inferior."""
-    directions = np.asarray(affine)[:3, :3] / voxel_spacing(affine)
-    return max(axes, key=lambda a: abs(directions[2, a]))
 
 
 def training_planes(data: np.ndarray, affine: np.ndarray, kind: PairKind) -> list[np.ndarray]:
@@ -83,7 +77,7 @@ def training_planes(data: np.ndarray, affine: np.ndarray, kind: PairKind) -> lis
         if kind == "in":
             planes.append(np.ascontiguousarray(plane))
         elif kind == "through":
-            rows = _superior_axis(affine, (a, b))
+            rows = superior_inferior_axis(affine, (a, b))
             planes.append(np.ascontiguousarray(plane if rows == a else plane.T))
         else:
             planes += [np.ascontiguousarray(plane), np.ascontiguousarray(plane.T)]
