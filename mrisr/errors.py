@@ -25,5 +25,8 @@ class GeometryError(MrisrError):
     """A plane, axis or factor that does not fit the volume or the rules of mrisr.geometry."""
 
 
-class ConfigError(MrisrError):
-    """An option or configuration value outside what is allowed (method, device, batch size...)."""
+class ConfigError(MrisrError, ValueError):
+    """An option or configuration value outside what is allowed (method, device, batch size...).
+
+    Also a ``ValueError``, so code that guards a call with ``except ValueError`` (as for
+    MONAI's and PyTorch's own argument checks) catches it too."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import glob
 import hashlib
 import json
 import logging
@@ -26,21 +25,23 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mrisr.data import (DataEntry, PairBatches, PairCropper, PlaneBank, batch_indices, load_datalist, read_datalist,
+                        step_seed)
+from mrisr.devices import resolve_device, resolve_precision
 from mrisr.diffusion import INFERENCE_SCHEDULE, OBJECTIVES, TRAINING_SCHEDULE, PartialDiffusionInferer
-from mrisr.errors import ConfigError, InputError, MrisrError
+from mrisr.errors import ConfigError, MrisrError
 from mrisr.evaluation import psnr, ssim
 from mrisr.models import model_config, save_model
 from mrisr.networks import SR3UNet, network_config
-from mrisr.transforms import (PAIR_KINDS, InPlaneDegrade, InPlanePaird, MrisrReader, RobustNormalised,
-                              ThroughPlaneDegrade, ThroughPlanePaird, training_planes)
+from mrisr.transforms import PAIR_KINDS, InPlaneDegrade, ThroughPlaneDegrade
 
+# the data names stay importable from here (they moved to mrisr.data)
 __all__ = ["DEFAULTS", "load_config", "load_datalist", "read_datalist", "DataEntry", "PlaneBank", "batch_indices", "Trainer",
            "train"]
 
@@ -53,13 +54,15 @@ DEFAULTS: dict[str, Any] = {
     "k_noise_level": 0.25,
     "task": {"plane": "in", "factor": 4, "pairs": "in", "blur_sigma_max": 1.5},
     "data": {"datalist": None, "glob": None, "validation_glob": None, "planes": None,
-             "normalisation": {"kind": "robust", "lower": 0.5, "upper": 99.5}, "crop": 96},
+             "normalisation": {"kind": "robust", "lower": 0.5, "upper": 99.5}, "crop": 96, "num_workers": 0},
     "network": {"preset": "small"},
     "schedules": {"train": dict(TRAINING_SCHEDULE), "inference": dict(INFERENCE_SCHEDULE)},
     "optim": {"lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "grad_accum": 1, "ema_decay": 0.999,
-              "precision": "bf16", "max_steps": 10000, "loss": "l1", "grad_clip": 1.0},
+              "precision": "auto", "max_steps": 10000, "loss": "l1", "grad_clip": 1.0,
+              "lr_schedule": "constant", "warmup_steps": 0},
     "checkpoint": {"every": 200, "keep": 3},
-    "validation": {"every": 1000, "slices": 4, "crop": 128, "sampler": "ddim", "steps": 8},
+    # slices: planes per validation series (0: every plane); crop is no longer used (whole planes)
+    "validation": {"every": 1000, "slices": 0, "crop": 128, "sampler": "ddim", "steps": 4, "batch_size": 4},
     "log": {"every": 10},
     "init_from": None,
 }
@@ -85,28 +88,51 @@ def _merge(base: dict[str, Any], update: dict[str, Any], path: str = "") -> dict
     return out
 
 
+def _read_data_file(p: Path) -> Any:
+    """A YAML or JSON file read as plain data: no tags that build objects (safe loader), and
+    MONAI's code-running syntax (``$`` expressions, ``_target_`` mappings) refused, not run."""
+    import yaml
+
+    try:
+        text = p.read_text()
+        raw = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{p} is not a valid config: {str(exc).splitlines()[0]}") from exc
+
+    def check(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if str(key) in ("_target_", "_requires_", "_disabled_", "_mode_"):
+                    raise ConfigError(f"{p}: {where}{key} would instantiate code; mrisr configs are data "
+                                      "(a MONAI bundle is run with python -m monai.bundle, not mrisr train)")
+                check(item, f"{where}{key}.")
+        elif isinstance(value, list):
+            for n, item in enumerate(value):
+                check(item, f"{where}{n}.")
+        elif isinstance(value, str) and value.startswith("$"):
+            raise ConfigError(f"{p}: {where.rstrip('.')} is a MONAI expression ({value[:40]!r}); mrisr configs are "
+                              "data and never evaluate code")
+
+    check(raw, "")
+    return raw
+
+
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a training config (YAML or JSON, MONAI ``ConfigParser`` syntax: ``@ref``, ``$expr``)
-    and fill in the defaults.
+    """Read a training config (YAML or JSON, plain data) and fill in the defaults.
+
+    The file is data: it is parsed with the safe YAML loader (or JSON), and MONAI's
+    ``$expression`` values and ``_target_`` mappings are refused rather than evaluated.
 
     Raises:
-        ConfigError: missing file, unknown keys or invalid values.
+        ConfigError: missing file, code in the file, unknown keys or invalid values.
     """
-    from monai.bundle import ConfigParser
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config not found: {p}")
-    parser = ConfigParser()
-    try:
-        parser.read_config(str(p))
-        raw = parser.get_parsed_content(instantiate=True)
-    except Exception as exc:
-        raise ConfigError(f"{p} is not a valid config: {str(exc).splitlines()[0]}") from exc
+    raw = _read_data_file(p)
     if not isinstance(raw, dict):
         raise ConfigError(f"{p} must hold a mapping of settings")
-    # ConfigParser adds its own "_meta_"; keys starting with "_" are MONAI's, not settings
-    config = _merge(DEFAULTS, {k: v for k, v in raw.items() if not str(k).startswith("_")})
+    config = _merge(DEFAULTS, raw)
     config = _merge(config, overrides or {})
     config["config_dir"] = str(p.resolve().parent)
     _validate(config)
@@ -133,8 +159,15 @@ def _validate(config: dict[str, Any]) -> None:
     for key in ("batch_size", "grad_accum", "max_steps"):
         if not isinstance(optim[key], int) or optim[key] < 1:
             raise ConfigError(f"optim.{key} must be an integer >= 1, got {optim[key]!r}")
-    if optim["precision"] not in ("bf16", "fp32"):
-        raise ConfigError(f"optim.precision must be bf16 or fp32, got {optim['precision']!r}")
+    if optim["lr_schedule"] not in LR_SCHEDULES:
+        raise ConfigError(f"optim.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {optim['lr_schedule']!r}")
+    if not isinstance(optim["warmup_steps"], int) or optim["warmup_steps"] < 0:
+        raise ConfigError(f"optim.warmup_steps must be an integer >= 0, got {optim['warmup_steps']!r}")
+    workers = config["data"]["num_workers"]
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"data.num_workers must be an integer >= 0, got {workers!r}")
+    if optim["precision"] not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"optim.precision must be auto, bf16 or fp32, got {optim['precision']!r}")
     if not 0.0 <= float(optim["ema_decay"]) < 1.0:
         raise ConfigError(f"optim.ema_decay must be in [0, 1), got {optim['ema_decay']}")
     for key in ("every", "keep"):
@@ -145,142 +178,20 @@ def _validate(config: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# data
-
-
-@dataclass(frozen=True)
-class DataEntry:
-    """One volume of a datalist."""
-
-    image: str
-    patient: str
-    plane: str | None = None
-    series: str | None = None
-
-
-def _entries(items: list[Any], base: Path, what: str) -> list[DataEntry]:
-    out = []
-    for n, item in enumerate(items):
-        if isinstance(item, str):
-            item = {"image": item}
-        if not isinstance(item, dict) or "image" not in item:
-            raise ConfigError(f"datalist {what} entry {n} needs an 'image' path")
-        image = Path(item["image"])
-        image = image if image.is_absolute() else (base / image)
-        patient = str(item.get("patient") or image.parent.name)
-        out.append(DataEntry(str(image), patient, item.get("plane"), item.get("series")))
-    return out
-
-
-def load_datalist(path: str | os.PathLike) -> tuple[list[DataEntry], list[DataEntry]]:
-    """The ``training`` and ``validation`` entries of a decathlon-format JSON datalist."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"datalist not found: {path}")
-    try:
-        blob = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"datalist {path} is not valid JSON: {exc}") from exc
-    if not isinstance(blob, dict):
-        raise ConfigError(f"datalist {path} must be a JSON object with 'training' / 'validation' lists")
-    return (_entries(blob.get("training", []), path.parent, "training"),
-            _entries(blob.get("validation", []), path.parent, "validation"))
-
-
-def read_datalist(config: dict[str, Any]) -> tuple[list[DataEntry], list[DataEntry]]:
-    """Training and validation entries from ``data.datalist`` (MONAI decathlon JSON: lists
-    ``training`` and ``validation`` of ``{"image": path, "patient": id, "plane": ...}``, paths
-    relative to the JSON file) or ``data.glob`` / ``data.validation_glob``.
-
-    Entries are filtered by ``data.planes`` when set. A patient may not be in both lists.
-    """
-    data = config["data"]
-    base = Path(config.get("config_dir", "."))
-    if data["datalist"]:
-        path = Path(data["datalist"])
-        train, val = load_datalist(path if path.is_absolute() else base / path)
-    else:
-        def expand(pattern: str | None) -> list[str]:
-            if not pattern:
-                return []
-            pat = pattern if Path(pattern).is_absolute() else str(base / pattern)
-            return sorted(glob.glob(pat))
-
-        train = _entries(expand(data["glob"]), base, "training")
-        val = _entries(expand(data["validation_glob"]), base, "validation")
-    if data["planes"]:
-        wanted = set(data["planes"])
-        train = [e for e in train if e.plane in wanted]
-        val = [e for e in val if e.plane in wanted]
-    overlap = {e.patient for e in train} & {e.patient for e in val}
-    if overlap:
-        raise ConfigError(f"patients in both training and validation: {', '.join(sorted(overlap))}")
-    if not train:
-        raise ConfigError("the datalist has no training entries (after filtering by data.planes)")
-    return train, val
-
-
-class PlaneBank:
-    """The normalised 2D planes of a list of volumes, held in memory.
-
-    Volumes are read by MONAI's ``LoadImaged`` with :class:`~mrisr.transforms.MrisrReader`
-    (the readers of :mod:`mrisr.io`) and normalised by ``RobustNormalised``, so each arrives as
-    a MetaTensor carrying its affine, from which the planes are cut. Every entry is read and
-    checked before training starts, so a bad file is reported with its path at once, not hours
-    later.
-    """
-
-    def __init__(self, entries: list[DataEntry], kind: str, lower: float, upper: float, skip_bad: bool = False):
-        from monai.transforms import Compose, LoadImaged
-
-        self.planes: list[np.ndarray] = []
-        self.sources: list[str] = []
-        problems = []
-        for entry in entries:
-            reader = MrisrReader(series=entry.series)
-            load = Compose([LoadImaged("image", reader=reader, image_only=True),
-                            RobustNormalised("image", lower=lower, upper=upper)])
-            try:
-                image = load({"image": entry.image})["image"]
-            except Exception as exc:  # LoadImage hides the reader's error behind a generic one
-                problems.append(f"{entry.image}: {reader.last_error or str(exc).splitlines()[0]}")
-                continue
-            affine = image.affine.numpy()
-            for plane in training_planes(image.numpy(), affine, kind):  # type: ignore[arg-type]
-                self.planes.append(plane)
-                self.sources.append(entry.image)
-        if problems:
-            if not skip_bad:
-                raise InputError(f"{len(problems)} datalist entries cannot be used (pass --skip-bad to skip them): "
-                                 + "; ".join(problems))
-            for problem in problems:
-                logger.warning("skipping %s", problem)
-        if entries and not self.planes:
-            raise InputError("no usable volumes in the datalist")
-
-    def __len__(self) -> int:
-        return len(self.planes)
-
-
-def batch_indices(step: int, rank: int, world: int, batch: int, n: int, seed: int) -> list[int]:
-    """Plane indices of one rank's batch at ``step``: consecutive positions of a stream of
-    per-epoch permutations, each rank taking its own shard (DistributedSampler semantics),
-    computed from the step alone so a resumed run draws the same batches."""
-    out = []
-    for j in range(batch):
-        position = (step * world + rank) * batch + j
-        epoch, offset = divmod(position, n)
-        perm = np.random.default_rng([seed, epoch, 0xDA7A]).permutation(n)
-        out.append(int(perm[offset]))
-    return out
-
-
-def _step_seed(seed: int, step: int, rank: int, stream: int) -> int:
-    return int(np.random.SeedSequence([seed, step, rank, stream]).generate_state(1)[0])
-
-
-# --------------------------------------------------------------------------------------------
 # the trainer
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(step: int, base: float, schedule: str, warmup: int, total: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based): linear warm-up over ``warmup``
+    steps, then constant or a cosine decay to 0 at ``total``."""
+    if warmup and step < warmup:
+        return base * (step + 1) / warmup
+    if schedule == "cosine":
+        span = max(1, total - warmup)
+        return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+    return base
 
 
 def _state_digest(module: torch.nn.Module) -> str:
@@ -295,7 +206,8 @@ class Trainer:
     """Trains one model from a config; see :func:`train` for the arguments."""
 
     def __init__(self, config: dict[str, Any], output: Path, device: str = "auto", resume: bool = False,
-                 max_steps: int | None = None, skip_bad: bool = False, progress: bool = True) -> None:
+                 max_steps: int | None = None, skip_bad: bool = False, progress: bool = True,
+                 max_seconds: float | None = None) -> None:
         import torch.distributed as dist
 
         self.config = config
@@ -303,13 +215,10 @@ class Trainer:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU here")
-        if device not in ("cpu", "cuda"):
-            raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
-        self.device = torch.device(f"cuda:{local_rank}" if device == "cuda" else "cpu")
+        kind = resolve_device(device).type
+        self.device = torch.device(f"cuda:{local_rank}" if kind == "cuda" else "cpu")
+        # autocast in bf16 where it is native; "auto" is resolved here, per machine
+        self.precision = resolve_precision(config["optim"]["precision"], self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.distributed = self.world > 1
@@ -318,6 +227,9 @@ class Trainer:
         self.is_main = self.rank == 0
         self.progress = progress and self.is_main
         self.max_steps = int(max_steps or config["optim"]["max_steps"])
+        if max_seconds is not None and (max_seconds <= 0 or self.distributed):
+            raise ConfigError("a time limit needs a positive number of seconds and a single process (not torchrun)")
+        self.max_seconds = max_seconds
         self.skip_bad = skip_bad
         self.resume = resume
         self.seed = int(config["seed"])
@@ -333,7 +245,9 @@ class Trainer:
             self.net_kwargs, self.inferer, plane=task["plane"], factor=task["factor"],
             normalisation=dict(norm),
             degradation={"pairs": task["pairs"], "blur_sigma_max": task["blur_sigma_max"] if task["pairs"] == "in" else 0,
-                         "description": ("anti-aliased bicubic downsampling + Gaussian blur" if task["pairs"] == "in"
+                         "description": (("anti-aliased bicubic downsampling" + (
+                                             f" + Gaussian blur sigma ~ U(0, {task['blur_sigma_max']})"
+                                             if task["blur_sigma_max"] else "")) if task["pairs"] == "in"
                                          else f"average of {task['factor']} lines along rows")},
             training={k: v for k, v in config.items() if k != "config_dir"})
 
@@ -352,7 +266,11 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=float(optim["lr"]),
                                            weight_decay=float(optim["weight_decay"]))
         self.step = 0
-        self.pair = self._pair_transform(task)
+        self._stream: Any = None
+        cropper = PairCropper(task["pairs"], task["factor"], int(config["data"]["crop"]),
+                              task["blur_sigma_max"] if task["pairs"] == "in" else 0.0)
+        self.batches = PairBatches(self.train_bank.planes, cropper, int(optim["batch_size"]), self.seed,
+                                   self.rank, self.world)
         self.model = self.network
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -360,34 +278,26 @@ class Trainer:
             self.model = DistributedDataParallel(self.network, device_ids=[self.device.index]
                                                  if self.device.type == "cuda" else None)
 
-    # ---------------------------------------------------------------------------- pairs
-
-    def _pair_transform(self, task: dict[str, Any]) -> Any:
-        from monai.transforms import Compose, RandFlipd, RandSpatialCropd, SpatialPadd
-
-        crop = int(self.config["data"]["crop"])
-        keys = ["hr", "condition"]
-        if task["pairs"] == "in":
-            pair = InPlanePaird("hr", task["factor"], blur_sigma_max=task["blur_sigma_max"])
-            flips = [RandFlipd(keys, prob=0.5, spatial_axis=1)]
-        else:
-            pair = ThroughPlanePaird("hr", task["factor"])
-            # rows run S->I in coronal / sagittal planes and I->S in axial reformats: flip both ways
-            flips = [RandFlipd(keys, prob=0.5, spatial_axis=1), RandFlipd(keys, prob=0.5, spatial_axis=0)]
-        return Compose([pair, SpatialPadd(keys, spatial_size=(crop, crop), mode="reflect"),
-                        RandSpatialCropd(keys, roi_size=(crop, crop), random_size=False), *flips])
+    # ---------------------------------------------------------------------------- batches
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (high-resolution, condition) batch of this rank at ``step``: ``(B, 1, crop, crop)``."""
-        bs = int(self.config["optim"]["batch_size"])
-        idx = batch_indices(step, self.rank, self.world, bs, len(self.train_bank), self.seed)
-        self.pair.set_random_state(seed=_step_seed(self.seed, step, self.rank, 1) % (2**32))
-        hrs, conds = [], []
-        for i in idx:
-            d = self.pair({"hr": torch.from_numpy(self.train_bank.planes[i])[None]})
-            hrs.append(torch.as_tensor(d["hr"]))
-            conds.append(torch.as_tensor(d["condition"]))
-        return (torch.stack(hrs).float().to(self.device), torch.stack(conds).float().to(self.device))
+        """The (high-resolution, condition) batch of this rank at micro-step ``step``:
+        ``(B, 1, crop, crop)`` each, on the training device."""
+        hr, cond = self.batches[step]
+        return hr.to(self.device), cond.to(self.device)
+
+    def _batch_stream(self, first: int) -> Any:
+        """Batches of micro-steps ``first, first + 1, ...``: built in ``data.num_workers``
+        DataLoader worker processes (0: in this process); the same tensors either way."""
+        workers = int(self.config["data"]["num_workers"])
+        total = self.max_steps * int(self.config["optim"]["grad_accum"])
+        if workers == 0:
+            return (self.batches[i] for i in range(first, total))
+        loader = torch.utils.data.DataLoader(
+            self.batches, batch_size=None, sampler=range(first, total), num_workers=workers,
+            pin_memory=self.device.type == "cuda", prefetch_factor=4, persistent_workers=False,
+            multiprocessing_context="fork" if "fork" in torch.multiprocessing.get_all_start_methods() else None)
+        return iter(loader)
 
     # ---------------------------------------------------------------------------- checkpoints
 
@@ -469,16 +379,21 @@ class Trainer:
         accum = int(optim["grad_accum"])
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.step, float(optim["lr"]), optim["lr_schedule"],
+                                        int(optim["warmup_steps"]), int(optim["max_steps"]))
         total = 0.0
         for micro in range(accum):
             sub = self.step * accum + micro
-            torch.manual_seed(_step_seed(self.seed, sub, self.rank, 2))  # dropout
-            hr, cond = self.batch(sub)
-            gen = torch.Generator(self.device).manual_seed(_step_seed(self.seed, sub, self.rank, 3))
+            torch.manual_seed(step_seed(self.seed, sub, self.rank, 2))  # dropout
+            hr, cond = next(self._stream) if self._stream is not None else self.batches[sub]
+            hr = hr.to(self.device, non_blocking=True)
+            cond = cond.to(self.device, non_blocking=True)
+            gen = torch.Generator(self.device).manual_seed(step_seed(self.seed, sub, self.rank, 3))
             sync = micro == accum - 1 or not self.distributed
             ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=optim["precision"] == "bf16"):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                     loss = self.inferer(hr, self.model, condition=cond, generator=gen)
                 (loss / accum).backward()
             total += float(loss.detach())
@@ -489,46 +404,66 @@ class Trainer:
         self._update_ema()
         return total / accum
 
+    def _validation_sampling(self) -> dict[str, Any]:
+        """How validation samples: the configured sampler, as ``mrisr upsample`` would run it."""
+        cfg = self.config["validation"]
+        objective = self.inferer.objective
+        if objective == "regression":
+            return {"method": "regression", "sampler": "ancestral", "steps": None}
+        method = "sr3" if objective == "sr3" and cfg["sampler"] == "ancestral" else "partdiff"
+        return {"method": method, "sampler": cfg["sampler"], "steps": cfg["steps"]}
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """PSNR / SSIM of samples from the EMA network and of bicubic on held-out planes, in
-        normalised units (data range 2, the robust [-1, 1] span), on centre crops."""
+        """PSNR / SSIM of the EMA network and of bicubic on whole held-out planes, in normalised
+        units (data range 2, the robust [-1, 1] span).
+
+        Every plane of every validation series is used (``validation.slices`` > 0 takes that
+        many evenly spaced planes per series instead), whole and degraded exactly as the
+        benchmark degrades them, so borders and background count as they do for ``mrisr
+        upsample``. Besides the means, the worst plane and the worst series (lowest mean gain
+        over bicubic) are reported: a model chosen on a few central crops can fail elsewhere.
+        """
         cfg = self.config["validation"]
         task = self.config["task"]
-        n = len(self.val_bank)
-        if n == 0:
+        if len(self.val_bank) == 0:
             return {}
-        picks = np.linspace(0.2 * n, 0.8 * n, num=min(int(cfg["slices"]), n)).astype(int)
-        crop = int(cfg["crop"]) // task["factor"] * task["factor"]
-        if task["pairs"] == "in":
-            degrade: Any = InPlaneDegrade(task["factor"], blur_sigma_max=0.0)
-        else:
-            degrade = ThroughPlaneDegrade(task["factor"])
-        hrs, conds = [], []
-        for i in picks:
-            plane = torch.from_numpy(self.val_bank.planes[i])
-            h, w = plane.shape
-            c = min(crop, h // task["factor"] * task["factor"], w // task["factor"] * task["factor"])
-            top, left = (h - c) // 2 // task["factor"] * task["factor"], (w - c) // 2
-            hr = plane[top:top + c, left:left + c][None]
-            hrs.append(hr)
-            conds.append(degrade(hr))
-        if len({tuple(h.shape) for h in hrs}) > 1:
-            side = min(min(h.shape[-2:]) for h in hrs)
-            hrs = [h[..., :side, :side] for h in hrs]
-            conds = [c[..., :side, :side] for c in conds]
-        hr = torch.stack(hrs).float().to(self.device)
-        cond = torch.stack(conds).float().to(self.device)
-        method = "regression" if self.inferer.objective == "regression" else \
-            ("sr3" if self.inferer.objective == "sr3" and cfg["sampler"] == "ancestral" else "partdiff")
-        gens = [torch.Generator(self.device).manual_seed(1000 + i) for i in range(len(hr))]
+        f = int(task["factor"])
+        degrade: Any = InPlaneDegrade(f, blur_sigma_max=0.0) if task["pairs"] == "in" else ThroughPlaneDegrade(f)
+        fh, fw = (f, f) if task["pairs"] == "in" else (f, 1)
+        series: dict[str, list[int]] = {}
+        for i, source in enumerate(self.val_bank.sources):
+            series.setdefault(source, []).append(i)
+        wanted = int(cfg["slices"] or 0)
+        sampling = self._validation_sampling()
         inferer = PartialDiffusionInferer(**self.inferer.config(), autocast_dtype=torch.bfloat16
-                                          if self.config["optim"]["precision"] == "bf16" else None)
-        out = inferer.sample(cond, self.ema, method=method, sampler=cfg["sampler"], steps=cfg["steps"],
-                             generators=gens)
-        a, b, r = out[:, 0].cpu().numpy(), cond[:, 0].cpu().numpy(), hr[:, 0].cpu().numpy()
-        return {"psnr": psnr(a, r, 2.0), "ssim": ssim(a, r, 2.0), "psnr_bicubic": psnr(b, r, 2.0),
-                "ssim_bicubic": ssim(b, r, 2.0), "network_evaluations": inferer.network_evaluations}
+                                          if self.precision == "bf16" else None)
+        rows: list[dict[str, Any]] = []
+        evaluations = 0
+        batch = int(cfg["batch_size"])
+        for source, idx in series.items():
+            if 0 < wanted < len(idx):
+                idx = [idx[int(round(p))] for p in np.linspace(0, len(idx) - 1, wanted)]
+            for lo in range(0, len(idx), batch):
+                chunk = idx[lo:lo + batch]
+                planes = [self.val_bank.planes[i] for i in chunk]
+                h, w = planes[0].shape[0] // fh * fh, planes[0].shape[1] // fw * fw
+                hr = torch.stack([torch.from_numpy(p[:h, :w]) for p in planes])[:, None].float()
+                cond = degrade(hr)
+                gens = [torch.Generator(self.device).manual_seed(1000 + i) for i in chunk]
+                out = inferer.sample(cond.to(self.device), self.ema, generators=gens, **sampling)
+                evaluations = max(evaluations, inferer.network_evaluations)
+                for j, i in enumerate(chunk):
+                    a, b, r = out[j, 0].float().cpu().numpy(), cond[j, 0].numpy(), hr[j, 0].numpy()
+                    rows.append({"series": source, "psnr": psnr(a, r, 2.0), "ssim": ssim(a, r, 2.0),
+                                 "psnr_bicubic": psnr(b, r, 2.0), "ssim_bicubic": ssim(b, r, 2.0)})
+        gains = np.array([r["psnr"] - r["psnr_bicubic"] for r in rows])
+        per_series = {s: float(np.mean([r["psnr"] - r["psnr_bicubic"] for r in rows if r["series"] == s]))
+                      for s in series}
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "psnr_bicubic", "ssim_bicubic")}
+        return {**mean, "gain_db": float(gains.mean()), "gain_worst_plane_db": float(gains.min()),
+                "gain_worst_series_db": float(min(per_series.values())), "planes": len(rows),
+                "network_evaluations": evaluations}
 
     def _csv(self, name: str, row: dict[str, Any]) -> None:
         path = self.output / name
@@ -587,6 +522,7 @@ class Trainer:
         losses: list[float] = []
         last_loss = float("nan")
         start_step, t0 = self.step, time.perf_counter()
+        self._stream = self._batch_stream(self.step * int(self.config["optim"]["grad_accum"]))
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.progress, desc="train", unit="step")
         try:
             while self.step < self.max_steps:
@@ -598,16 +534,18 @@ class Trainer:
                 bar.update(1)
                 rate = (self.step - start_step) / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{loss:.4f}", steps_per_h=f"{3600 * rate:.0f}")
-                if self.is_main and (self.step % log_every == 0 or self.step == self.max_steps):
+                last = self.step == self.max_steps or (
+                    self.max_seconds is not None and time.perf_counter() - t0 >= self.max_seconds)
+                if self.is_main and (self.step % log_every == 0 or last):
                     row = {"step": self.step, "loss": float(np.mean(losses)), "lr": self.optimizer.param_groups[0]["lr"],
                            "steps_per_hour": 3600 * rate}
                     self._csv("log.csv", row)
                     if writer is not None:
                         writer.add_scalar("train/loss", row["loss"], self.step)
                     losses = []
-                if self.is_main and (self.step % ckpt_every == 0 or self.step == self.max_steps):
+                if self.is_main and (self.step % ckpt_every == 0 or last):
                     self.save_checkpoint()
-                if self.is_main and (self.step % val_every == 0 or self.step == self.max_steps):
+                if self.is_main and (self.step % val_every == 0 or last):
                     metrics = self.validate()
                     if metrics:
                         self._csv("validation.csv", {"step": self.step, **metrics})
@@ -615,7 +553,10 @@ class Trainer:
                             for k, v in metrics.items():
                                 writer.add_scalar(f"val/{k}", v, self.step)
                         logger.info("step %d validation: %s", self.step, metrics)
+                if last:
+                    break
         finally:
+            self._stream = None
             bar.close()
             if writer is not None:
                 writer.close()
@@ -637,7 +578,7 @@ class Trainer:
 
 def train(config_path: str | os.PathLike, output: str | os.PathLike | None = None, max_steps: int | None = None,
           resume: bool = False, device: str = "auto", skip_bad: bool = False, progress: bool = True,
-          overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+          overrides: dict[str, Any] | None = None, max_seconds: float | None = None) -> dict[str, Any]:
     """Train a model from a config file.
 
     Args:
@@ -649,6 +590,8 @@ def train(config_path: str | os.PathLike, output: str | os.PathLike | None = Non
         skip_bad: skip unreadable datalist entries with a warning instead of stopping.
         progress: show a progress bar (rank 0).
         overrides: config values replacing the file's.
+        max_seconds: also stop (with a checkpoint, validation and the exported model) once this
+            much training time has passed; the run resumes like any other.
 
     Returns:
         ``step``, ``last_loss``, ``weights_sha256`` and, on rank 0, ``model`` (the exported
@@ -657,7 +600,7 @@ def train(config_path: str | os.PathLike, output: str | os.PathLike | None = Non
     config = load_config(config_path, overrides)
     out = Path(output) if output else Path("runs") / Path(config_path).stem
     trainer = Trainer(config, out, device=device, resume=resume, max_steps=max_steps, skip_bad=skip_bad,
-                      progress=progress)
+                      progress=progress, max_seconds=max_seconds)
     return trainer.run()
 
 

@@ -152,3 +152,69 @@ def test_skip_bad_keeps_the_good_entries(tmp_path):
     hr, cond = trainer.batch(0)
     assert hr.shape == cond.shape == (8, 1, 48, 48)
     assert np.isfinite(hr.numpy()).all()
+
+
+def test_learning_rate_schedules():
+    from mrisr.training import learning_rate
+
+    assert learning_rate(0, 1e-3, "constant", 0, 100) == 1e-3
+    assert learning_rate(4, 1e-3, "constant", 10, 100) == pytest.approx(5e-4)  # warm-up: (4 + 1) / 10
+    assert learning_rate(10, 1e-3, "cosine", 10, 110) == pytest.approx(1e-3)  # cosine starts at the peak
+    assert learning_rate(60, 1e-3, "cosine", 10, 110) == pytest.approx(5e-4)  # half way: cos(pi / 2)
+    assert learning_rate(110, 1e-3, "cosine", 10, 110) == pytest.approx(0.0, abs=1e-12)
+    bad = REPO / "configs" / "tiny.yaml"
+    with pytest.raises(ConfigError, match="optim.lr_schedule"):
+        load_config(bad, {"optim": {"lr_schedule": "step"}})
+    with pytest.raises(ConfigError, match="data.num_workers"):
+        load_config(bad, {"data": {"num_workers": -1}})
+
+
+def test_set_overrides_are_data_and_checked(tmp_path):
+    from mrisr.cli import _config_overrides
+
+    assert _config_overrides(["optim.lr=1e-4", "data.planes=[cor, sag]", "task.blur_sigma_max=0"]) == {
+        "optim": {"lr": 1e-4}, "data": {"planes": ["cor", "sag"]}, "task": {"blur_sigma_max": 0}}
+    # a YAML tag that would build an object is refused by the safe loader
+    for bad, phrase in [("optim.lr", "KEY=VALUE"), ("optim..lr=1", "KEY=VALUE"),
+                        ("x=!!python/object/apply:os.system [echo hi]", "not a YAML value"),
+                        ("optim={lr: 1}", "not a mapping")]:
+        with pytest.raises(ConfigError, match=phrase):
+            _config_overrides([bad])
+    result = run_mrisr("train", TINY, "-o", tmp_path / "r", "--set", "optim.nope=1")
+    assert result.returncode == 2 and "unknown config key 'optim.nope'" in result.stderr
+    result = run_mrisr("train", TINY, "-o", tmp_path / "r", "--max-minutes", "-1")
+    assert result.returncode == 2 and "--max-minutes" in result.stderr
+
+
+@needs_prostatex
+def test_a_time_limit_stops_with_checkpoint_validation_and_model(tmp_path):
+    run = tmp_path / "run"
+    result = _train(TINY, "-o", run, "--max-minutes", "0.0001", "--set", "validation.slices=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (step, _), = _log(run)
+    assert 1 <= step < 20  # stopped by the clock, not by max_steps
+    assert (run / "checkpoints" / f"step_{step:08d}.pt").is_file() and (run / "model.safetensors").is_file()
+    rows = (run / "validation.csv").read_text().splitlines()
+    header, last = rows[0].split(","), dict(zip(rows[0].split(","), rows[-1].split(",")))
+    assert {"gain_db", "gain_worst_series_db", "gain_worst_plane_db", "planes"} <= set(header)
+    assert int(last["planes"]) == 1 and int(last["step"]) == step  # one whole plane of 0218 cor
+    again = _train(TINY, "-o", run, "--resume", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert _log(run)[-1][0] == 20
+
+
+def test_configs_are_data_and_never_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+    cases = {
+        "expr.yaml": f"name: \"$__import__('pathlib').Path('{marker}').touch()\"\ndata: {{datalist: x.json}}\n",
+        "target.yaml": f"data: {{datalist: x.json}}\nnetwork: {{_target_: pathlib.Path.touch, self: {marker}}}\n",
+        "tag.yaml": f"name: !!python/object/apply:pathlib.Path.touch [{marker}]\ndata: {{datalist: x.json}}\n",
+        "nested.json": json.dumps({"data": {"datalist": "x.json", "planes": [f"$open('{marker}', 'w')"]}}),
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match="data|not a valid config"):
+            load_config(tmp_path / name)
+        result = run_mrisr("train", tmp_path / name, "-o", tmp_path / "run")
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not marker.exists()

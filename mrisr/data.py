@@ -1,0 +1,274 @@
+"""Data: datalists, plane banks, and the step-indexed pair batches the trainer consumes.
+
+* :func:`load_datalist` / :func:`read_datalist`: decathlon-format JSON (or globs) into
+  :class:`DataEntry` lists.
+* :class:`PlaneBank`: the normalised 2D planes of a list of volumes, in memory.
+* :class:`PairCropper`: one random training crop of a plane and its condition. The condition
+  is made from the crop plus a margin wide enough for the degradation's kernels, not from the
+  whole plane (a 96 x 96 crop of a 384 x 384 plane costs ~1/10 of the work), and the margin
+  is clamped to the plane so crops at the plane border still see the border as inference does.
+* :class:`PairBatches`: a map-style dataset whose item ``i`` is the whole batch of optimiser
+  (micro-)step ``i``, drawn from seeds of ``(seed, step, rank)`` alone, so a
+  ``torch.utils.data.DataLoader`` with worker processes yields the same batches as the main
+  process, and a resumed run continues with exactly the batch it would have drawn.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mrisr.errors import ConfigError, InputError
+from mrisr.transforms import PAIR_KINDS, InPlaneDegrade, MrisrReader, RobustNormalised, ThroughPlaneDegrade, training_planes
+
+__all__ = ["DataEntry", "load_datalist", "read_datalist", "PlaneBank", "batch_indices", "step_seed", "PairCropper",
+           "PairBatches"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataEntry:
+    """One volume of a datalist."""
+
+    image: str
+    patient: str
+    plane: str | None = None
+    series: str | None = None
+
+
+def _entries(items: list[Any], base: Path, what: str) -> list[DataEntry]:
+    out = []
+    for n, item in enumerate(items):
+        if isinstance(item, str):
+            item = {"image": item}
+        if not isinstance(item, dict) or "image" not in item:
+            raise ConfigError(f"datalist {what} entry {n} needs an 'image' path")
+        image = Path(item["image"])
+        image = image if image.is_absolute() else (base / image)
+        patient = str(item.get("patient") or image.parent.name)
+        out.append(DataEntry(str(image), patient, item.get("plane"), item.get("series")))
+    return out
+
+
+def load_datalist(path: str | os.PathLike) -> tuple[list[DataEntry], list[DataEntry]]:
+    """The ``training`` and ``validation`` entries of a decathlon-format JSON datalist."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"datalist not found: {path}")
+    try:
+        blob = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"datalist {path} is not valid JSON: {exc}") from exc
+    if not isinstance(blob, dict):
+        raise ConfigError(f"datalist {path} must be a JSON object with 'training' / 'validation' lists")
+    return (_entries(blob.get("training", []), path.parent, "training"),
+            _entries(blob.get("validation", []), path.parent, "validation"))
+
+
+def read_datalist(config: dict[str, Any]) -> tuple[list[DataEntry], list[DataEntry]]:
+    """Training and validation entries from ``data.datalist`` (MONAI decathlon JSON: lists
+    ``training`` and ``validation`` of ``{"image": path, "patient": id, "plane": ...}``, paths
+    relative to the JSON file) or ``data.glob`` / ``data.validation_glob``.
+
+    Entries are filtered by ``data.planes`` when set. A patient may not be in both lists.
+    """
+    data = config["data"]
+    base = Path(config.get("config_dir", "."))
+    if data["datalist"]:
+        path = Path(data["datalist"])
+        train, val = load_datalist(path if path.is_absolute() else base / path)
+    else:
+        def expand(pattern: str | None) -> list[str]:
+            if not pattern:
+                return []
+            pat = pattern if Path(pattern).is_absolute() else str(base / pattern)
+            return sorted(glob.glob(pat))
+
+        train = _entries(expand(data["glob"]), base, "training")
+        val = _entries(expand(data["validation_glob"]), base, "validation")
+    if data["planes"]:
+        wanted = set(data["planes"])
+        train = [e for e in train if e.plane in wanted]
+        val = [e for e in val if e.plane in wanted]
+    overlap = {e.patient for e in train} & {e.patient for e in val}
+    if overlap:
+        raise ConfigError(f"patients in both training and validation: {', '.join(sorted(overlap))}")
+    if not train:
+        raise ConfigError("the datalist has no training entries (after filtering by data.planes)")
+    return train, val
+
+
+class PlaneBank:
+    """The normalised 2D planes of a list of volumes, held in memory.
+
+    Volumes are read by MONAI's ``LoadImaged`` with :class:`~mrisr.transforms.MrisrReader`
+    (the readers of :mod:`mrisr.io`) and normalised by ``RobustNormalised``, so each arrives as
+    a MetaTensor carrying its affine, from which the planes are cut. Every entry is read and
+    checked before training starts, so a bad file is reported with its path at once, not hours
+    later.
+
+    Attributes:
+        planes: ``(H, W)`` float32 arrays.
+        sources: the image path of each plane.
+    """
+
+    def __init__(self, entries: list[DataEntry], kind: str, lower: float, upper: float, skip_bad: bool = False):
+        from monai.transforms import Compose, LoadImaged
+
+        self.planes: list[np.ndarray] = []
+        self.sources: list[str] = []
+        problems = []
+        for entry in entries:
+            reader = MrisrReader(series=entry.series)
+            load = Compose([LoadImaged("image", reader=reader, image_only=True),
+                            RobustNormalised("image", lower=lower, upper=upper)])
+            try:
+                image = load({"image": entry.image})["image"]
+            except Exception as exc:  # LoadImage hides the reader's error behind a generic one
+                problems.append(f"{entry.image}: {reader.last_error or str(exc).splitlines()[0]}")
+                continue
+            affine = image.affine.numpy()
+            for plane in training_planes(image.numpy(), affine, kind):  # type: ignore[arg-type]
+                self.planes.append(plane)
+                self.sources.append(entry.image)
+        if problems:
+            if not skip_bad:
+                raise InputError(f"{len(problems)} datalist entries cannot be used (pass --skip-bad to skip them): "
+                                 + "; ".join(problems))
+            for problem in problems:
+                logger.warning("skipping %s", problem)
+        if entries and not self.planes:
+            raise InputError("no usable volumes in the datalist")
+
+    def __len__(self) -> int:
+        return len(self.planes)
+
+
+def batch_indices(step: int, rank: int, world: int, batch: int, n: int, seed: int) -> list[int]:
+    """Plane indices of one rank's batch at ``step``: consecutive positions of a stream of
+    per-epoch permutations, each rank taking its own shard (DistributedSampler semantics),
+    computed from the step alone so a resumed run draws the same batches."""
+    out = []
+    for j in range(batch):
+        position = (step * world + rank) * batch + j
+        epoch, offset = divmod(position, n)
+        perm = np.random.default_rng([seed, epoch, 0xDA7A]).permutation(n)
+        out.append(int(perm[offset]))
+    return out
+
+
+def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
+    """A 32-bit seed for one random stream (crops, dropout, noise) of one rank at one step."""
+    return int(np.random.SeedSequence([seed, step, rank, stream]).generate_state(1)[0])
+
+
+def _pad_to(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Reflect-pad ``(C, H, W)`` symmetrically along ``dim`` (1 or 2) up to ``size``."""
+    short = size - x.shape[dim]
+    if short <= 0:
+        return x
+    before, after = short // 2, short - short // 2
+    pads = (0, 0, before, after) if dim == 1 else (before, after, 0, 0)
+    mode = "reflect" if x.shape[dim] > max(before, after) else "replicate"
+    return F.pad(x[None], pads, mode=mode)[0]
+
+
+class PairCropper:
+    """A random ``crop x crop`` training pair (high-resolution, condition) from one plane.
+
+    The window is placed on the factor's grid (as the low-resolution samples of a whole plane
+    would be), the degradation runs on the window plus ``margin`` high-resolution pixels each
+    side (clamped to the plane), and the crop is cut from its result: away from the plane's
+    border, and at the border too, the condition equals the whole-plane condition up to float
+    rounding (tested).
+
+    Args:
+        kind: ``"in"``, ``"through"`` or ``"selfsup"`` (see :mod:`mrisr.transforms.pairs`).
+        factor: the upsampling factor.
+        crop: side of the square crop (a multiple of the factor along degraded axes).
+        blur_sigma_max: in-plane pairs only: Gaussian blur sigma ~ U(0, max) in LR pixels.
+    """
+
+    def __init__(self, kind: str, factor: int, crop: int, blur_sigma_max: float = 0.0) -> None:
+        if kind not in PAIR_KINDS:
+            raise ConfigError(f"pair kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
+        self.kind = kind
+        self.factor = int(factor)
+        self.crop = int(crop)
+        self.blur_sigma_max = float(blur_sigma_max) if kind == "in" else 0.0
+        self.factors = (self.factor, self.factor) if kind == "in" else (self.factor, 1)
+        # bicubic (antialiased) down + bicubic up reach 2 LR pixels each way, a blur 3 sigma
+        reach = self.factor * (4 + math.ceil(3 * self.blur_sigma_max))
+        self.margins = (reach, reach) if kind == "in" else (reach, 0)
+        self._in = InPlaneDegrade(self.factor, blur_sigma_max=self.blur_sigma_max) if kind == "in" else None
+        self._through = ThroughPlaneDegrade(self.factor) if kind != "in" else None
+
+    def _window(self, n: int, f: int, margin: int, rng: np.random.Generator) -> tuple[int, int, int]:
+        """(window start, window end, crop offset inside the window) along one axis of length ``n``."""
+        if n <= self.crop:
+            return 0, n, 0
+        start = f * int(rng.integers(0, (n - self.crop) // f + 1))
+        lo, hi = max(0, start - margin), min(n, start + self.crop + margin)
+        return lo, hi, start - lo
+
+    def __call__(self, plane: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1, crop, crop)`` high-resolution crop and its condition."""
+        (fh, fw), (mh, mw) = self.factors, self.margins
+        h, w = plane.shape[0] // fh * fh, plane.shape[1] // fw * fw
+        r0, r1, dr = self._window(h, fh, mh, rng)
+        c0, c1, dc = self._window(w, fw, mw, rng)
+        window = torch.from_numpy(np.ascontiguousarray(plane[r0:r1, c0:c1], dtype=np.float32))[None, None]
+        if self._in is not None:
+            self._in.sigma = float(rng.uniform(0.0, self.blur_sigma_max)) if self.blur_sigma_max > 0 else 0.0
+            cond = self._in(window, randomize=False)
+        else:
+            cond = self._through(window)  # type: ignore[misc]
+        ch, cw = min(self.crop, h), min(self.crop, w)
+        hr = window[0, :, dr:dr + ch, dc:dc + cw]
+        cond = cond[0, :, dr:dr + ch, dc:dc + cw]
+        pair = torch.stack([hr, cond])  # (2, 1, ch, cw)
+        pair = torch.stack([_pad_to(_pad_to(p, self.crop, 1), self.crop, 2) for p in pair])
+        # left-right flips always; up-down only where rows are not anatomy's fixed S-I order
+        # of in-plane slices (through-plane rows run S->I in cor / sag, I->S in axial reformats)
+        if rng.random() < 0.5:
+            pair = pair.flip(-1)
+        if self.kind != "in" and rng.random() < 0.5:
+            pair = pair.flip(-2)
+        return pair[0].contiguous(), pair[1].contiguous()
+
+
+class PairBatches(torch.utils.data.Dataset):
+    """Item ``step`` is one rank's batch ``(hr, condition)``, each ``(B, 1, crop, crop)``.
+
+    Args:
+        planes: the training planes (a :class:`PlaneBank`'s ``planes``).
+        cropper: makes each pair.
+        batch_size: pairs per item.
+        seed: the run's seed.
+        rank: this process's rank.
+        world: the number of ranks.
+    """
+
+    def __init__(self, planes: list[np.ndarray], cropper: PairCropper, batch_size: int, seed: int,
+                 rank: int = 0, world: int = 1) -> None:
+        self.planes = planes
+        self.cropper = cropper
+        self.batch_size = int(batch_size)
+        self.seed, self.rank, self.world = int(seed), int(rank), int(world)
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = batch_indices(step, self.rank, self.world, self.batch_size, len(self.planes), self.seed)
+        rng = np.random.default_rng(step_seed(self.seed, step, self.rank, 1))
+        pairs = [self.cropper(self.planes[i], rng) for i in idx]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
