@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ class ConvergenceCurve:
     psnr_hr: np.ndarray
     tolerance_db: float
     n_planes: int
+    start: str = "LR"  # what was diffused: the LR image, or e.g. a regression output
 
     @property
     def meeting_k(self) -> int | None:
@@ -45,7 +47,7 @@ class ConvergenceCurve:
         return int(hits[0] + 1) if hits.size else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"factor": self.factor, "kind": self.kind, "n_planes": self.n_planes,
+        return {"factor": self.factor, "kind": self.kind, "n_planes": self.n_planes, "start": self.start,
                 "tolerance_db": self.tolerance_db, "meeting_k": self.meeting_k,
                 "steps": self.steps.tolist(), "psnr_lr": np.round(self.psnr_lr, 4).tolist(),
                 "psnr_hr": np.round(self.psnr_hr, 4).tolist()}
@@ -53,7 +55,8 @@ class ConvergenceCurve:
 
 def convergence_curve(planes: list[np.ndarray], factor: int, kind: str = "in",
                       schedule: NoiseSchedule | None = None, tolerance_db: float = 0.1,
-                      seed: int = 0) -> ConvergenceCurve:
+                      seed: int = 0, start: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                      start_name: str = "LR") -> ConvergenceCurve:
     """Fig. 3 for a set of normalised HR planes.
 
     Args:
@@ -63,6 +66,10 @@ def convergence_curve(planes: list[np.ndarray], factor: int, kind: str = "in",
         schedule: the schedule whose steps are plotted (default: the inference schedule).
         tolerance_db: how close (dB) the curves must be to count as met.
         seed: noise seed.
+        start: maps the ``(1, 1, H, W)`` bicubic-upsampled LR image to the image that is diffused
+            instead (e.g. a regression model's output, for ``--start regression``); the curves
+            then show where *that* start and the HR image meet.
+        start_name: how the report names the start (``"LR"``, ``"regression"``).
 
     PSNR uses the data range 2 of the normalised images.
     """
@@ -78,6 +85,9 @@ def convergence_curve(planes: list[np.ndarray], factor: int, kind: str = "in",
         h, w = plane.shape
         hr = torch.from_numpy(np.ascontiguousarray(plane[: h - h % fy, : w - w % fx], dtype=np.float32))[None]
         lr = degrade(hr)
+        if start is not None:
+            with torch.no_grad():
+                lr = start(lr[None].float())[0].float()
         hr_np, lr_np = hr[0].numpy().astype(np.float64), lr[0].numpy().astype(np.float64)
         eps = torch.randn(hr.shape[1:], generator=gen, dtype=torch.float64).numpy()
         for t, g in enumerate(levels):
@@ -90,7 +100,7 @@ def convergence_curve(planes: list[np.ndarray], factor: int, kind: str = "in",
     psnr_hr, psnr_lr = sums_hr / used, sums_lr / used
     psnr_hr[0] = np.inf  # the clean HR image against itself
     return ConvergenceCurve(factor=factor, kind=kind, steps=np.arange(len(levels)), psnr_lr=psnr_lr,
-                            psnr_hr=psnr_hr, tolerance_db=tolerance_db, n_planes=used)
+                            psnr_hr=psnr_hr, tolerance_db=tolerance_db, n_planes=used, start=start_name)
 
 
 def write_convergence_report(curves: list[ConvergenceCurve], out_dir: str | os.PathLike,
@@ -107,7 +117,7 @@ def write_convergence_report(curves: list[ConvergenceCurve], out_dir: str | os.P
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for c in curves:
         line, = ax.plot(c.steps[1:], c.psnr_hr[1:], label=f"x{c.factor} ({c.kind}): HR diffused")
-        ax.plot(c.steps, c.psnr_lr, "--", color=line.get_color(), label=f"x{c.factor} ({c.kind}): LR diffused")
+        ax.plot(c.steps, c.psnr_lr, "--", color=line.get_color(), label=f"x{c.factor} ({c.kind}): {c.start} diffused")
         if c.meeting_k is not None:
             ax.axvline(c.meeting_k, color=line.get_color(), alpha=0.3)
     ax.set_xlabel(f"step t of the inference schedule {repr(schedule).removeprefix('NoiseSchedule(')[:-1]}")
@@ -124,12 +134,13 @@ def write_convergence_report(curves: list[ConvergenceCurve], out_dir: str | os.P
     marks = [m for m in marks if m <= schedule.num_steps]
     lines = [f"PSNR(x_t, x_0^HR) in dB, mean over planes{' of ' + source if source else ''}; "
              f"curves meet where they differ by at most the tolerance.", "",
-             "| factor | kind | planes | K where the curves meet | " + " | ".join(f"t={m} LR / HR" for m in marks) + " |",
-             "|---|---|---|---|" + "---|" * len(marks)]
+             "| factor | kind | diffused start | planes | K where the curves meet | "
+             + " | ".join(f"t={m} start / HR" for m in marks) + " |",
+             "|---|---|---|---|---|" + "---|" * len(marks)]
     for c in curves:
         cells = " | ".join(f"{c.psnr_lr[m]:.2f} / {c.psnr_hr[m]:.2f}" for m in marks)
         met = f"{c.meeting_k} (within {c.tolerance_db} dB)" if c.meeting_k is not None else "never"
-        lines.append(f"| x{c.factor} | {c.kind} | {c.n_planes} | {met} | {cells} |")
+        lines.append(f"| x{c.factor} | {c.kind} | {c.start} | {c.n_planes} | {met} | {cells} |")
     md = out / "convergence.md"
     md.write_text("\n".join(lines) + "\n")
     js = out / "convergence.json"

@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from mrisr import __version__
 from mrisr.errors import ConfigError, GeometryError, InputError, MrisrError
@@ -86,10 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "what the shipped model's card recommends, ancestral for your own --model")
     up.add_argument("--steps", help="partdiff ancestral: K, the start step (default: the model's); "
                     "ddim: network evaluations (default: the shipped model's, else 8)")
+    up.add_argument("--k", help="partdiff: K, the step the sampler starts from (default: the model's)")
+    up.add_argument("--start", choices=["lowres", "regression"], help="partdiff: the image diffused to step K: "
+                    "the bicubic-upsampled input (lowres, the paper's) or a regression model's output "
+                    "(a start closer to the high-resolution image; pair it with a smaller --k)")
+    up.add_argument("--start-model", help="with --start regression: the regression model (default: the shipped "
+                    "one for the plane and factor)")
     up.add_argument("--samples", default="1", help="average N stochastic samples and also write their "
                     "per-voxel standard deviation to <output>_std.nii.gz (default 1)")
-    up.add_argument("--precision", choices=["bf16", "fp32"], help="network precision of learned methods "
-                    "(default bf16 autocast)")
+    up.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="network precision of learned "
+                    "methods (default auto: bf16 autocast on GPUs and AVX-512 CPUs, where it is native; fp32 "
+                    "elsewhere)")
     up.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
     up.add_argument("--batch-size", default="8", help="2D planes per batch (default: 8)")
     up.add_argument("--seed", default="0", help="random seed of stochastic methods (default: 0)")
@@ -113,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("config", help="training config (YAML or JSON, MONAI ConfigParser syntax)")
     tr.add_argument("-o", "--output", help="run folder (default: runs/<config name>)")
     tr.add_argument("--max-steps", help="stop at this step (default: optim.max_steps of the config)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="replace one config value, e.g. --set optim.batch_size=32 --set data.num_workers=3 "
+                    "(VALUE is read as a YAML scalar or list; repeatable)")
+    tr.add_argument("--max-minutes", help="also stop after this many minutes of training (checkpoint, validation "
+                    "and model written; --resume continues); for a fixed budget on a lent machine")
     tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
     tr.add_argument("--skip-bad", action="store_true", help="skip unreadable datalist entries with a warning")
@@ -131,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--factor", action="append", help="factor(s) (default: 2 and 4 in-plane, 6 through-plane)")
     conv.add_argument("--split", default="validation", choices=["training", "validation", "all"])
     conv.add_argument("--tolerance", default="0.1", help="dB within which the curves count as met (default 0.1)")
+    conv.add_argument("--start-model", help="a regression model (.safetensors) whose output is diffused "
+                      "instead of the LR image: where the curves of --start regression meet")
     conv.add_argument("-o", "--output", default="convergence", help="output folder (default ./convergence)")
     conv.add_argument("--seed", default="0")
     _common(conv)
@@ -162,6 +176,9 @@ def cmd_upsample(args: argparse.Namespace) -> int:
     batch_size = _positive_int(args.batch_size, "--batch-size")
     samples = _positive_int(args.samples, "--samples")
     steps = _positive_int(args.steps, "--steps") if args.steps is not None else None
+    k = _positive_int(args.k, "--k") if args.k is not None else None
+    if args.start_model is not None and not Path(args.start_model).is_file():
+        raise InputError(f"--start-model not found: {args.start_model}")
     try:
         seed = int(args.seed)
     except ValueError:
@@ -193,7 +210,7 @@ def cmd_upsample(args: argparse.Namespace) -> int:
     result = upsample_volume(volume, args.plane, factor, axis=axis, method=args.method,
                              device=args.device, batch_size=batch_size, seed=seed, samples=samples,
                              progress=not args.quiet, model=args.model, sampler=args.sampler, steps=steps,
-                             precision=args.precision)
+                             precision=args.precision, k=k, start=args.start, start_model=args.start_model)
     save_volume(result.volume, out, overwrite=args.overwrite)
     if std_out is not None and result.std_volume is not None:
         save_volume(result.std_volume, std_out, overwrite=args.overwrite)
@@ -252,16 +269,58 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["optim.lr=1e-4", ...]`` -> nested overrides; values are YAML scalars or flow lists
+    (read with the safe loader: data, never code)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set takes KEY=VALUE with a dotted KEY such as optim.lr=1e-4, got {pair!r}")
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: {text!r} is not a YAML value") from None
+        if isinstance(value, dict):
+            raise ConfigError(f"--set {key}: give one value per key, not a mapping")
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part} is set to a value above")
+        node[leaf] = value
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     max_steps = _positive_int(args.max_steps, "--max-steps") if args.max_steps is not None else None
+    max_seconds = None
+    if args.max_minutes is not None:
+        try:
+            max_seconds = 60.0 * float(args.max_minutes)
+        except ValueError:
+            raise ConfigError(f"--max-minutes must be a number, got {args.max_minutes!r}") from None
+        if not max_seconds > 0 or max_seconds == float("inf"):
+            raise ConfigError(f"--max-minutes must be a positive number, got {args.max_minutes!r}")
 
     from mrisr.training import train
 
     if args.init_from is not None and not Path(args.init_from).is_file():
         raise InputError(f"--init-from model not found: {args.init_from}")
-    overrides = {"init_from": str(Path(args.init_from).resolve())} if args.init_from else None
+    overrides = _config_overrides(args.set)
+    if args.init_from:
+        overrides["init_from"] = str(Path(args.init_from).resolve())
     summary = train(args.config, output=args.output, max_steps=max_steps, resume=args.resume,
-                    device=args.device, skip_bad=args.skip_bad, progress=not args.quiet, overrides=overrides)
+                    device=args.device, skip_bad=args.skip_bad, progress=not args.quiet, overrides=overrides,
+                    max_seconds=max_seconds)
     if not args.quiet and "model" in summary:
         print(f"trained to step {summary['step']} (last loss {summary['last_loss']:.4f}); "
               f"model: {summary['model']}")
@@ -278,7 +337,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                           f"{args.seed!r}") from None
 
     from mrisr.analysis import convergence_curve, write_convergence_report
-    from mrisr.training import PlaneBank, load_datalist
+    from mrisr.data import PlaneBank, load_datalist
 
     train, val = load_datalist(args.datalist)
     entries = {"training": train, "validation": val, "all": train + val}[args.split]
@@ -289,7 +348,26 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if not entries:
         raise InputError(f"{args.datalist} has no {args.split} entries for --plane {args.plane}")
     bank = PlaneBank(entries, kind, 0.5, 99.5)
-    curves = [convergence_curve(bank.planes, f, kind, tolerance_db=tolerance, seed=seed) for f in factors]
+    start, start_name = None, "LR"
+    if args.start_model is not None:
+        import torch
+
+        from mrisr.models import load_model
+
+        if not Path(args.start_model).is_file():
+            raise InputError(f"--start-model not found: {args.start_model}")
+        reg = load_model(args.start_model)
+        if reg.objective != "regression" or reg.plane != args.plane or reg.factor not in factors:
+            raise ConfigError(f"--start-model {reg.path.name} must be a regression model for --plane {args.plane} "
+                              f"and one of the factors ({reg.objective}, --plane {reg.plane} --factor {reg.factor})")
+        factors = [reg.factor]
+
+        def start(lowres: torch.Tensor) -> torch.Tensor:
+            return reg.inferer.sample(lowres, reg.network, method="regression")
+
+        start_name = "regression"
+    curves = [convergence_curve(bank.planes, f, kind, tolerance_db=tolerance, seed=seed, start=start,
+                                start_name=start_name) for f in factors]
     paths = write_convergence_report(curves, args.output, source=f"{args.split} split of {args.datalist}")
     if not args.quiet:
         print(paths["markdown"].read_text(), end="")

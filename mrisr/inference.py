@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
+from mrisr.devices import Device, resolve_device, resolve_precision
 from mrisr.errors import ConfigError
 from mrisr.geometry import Plane, UpsamplingPlan, from_planes, plan_upsampling, to_planes
 from mrisr.interpolation import bicubic_upsample, bspline_upsample
@@ -44,7 +45,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Device = Literal["auto", "cpu", "cuda"]
 
 
 class PlaneUpsampler(Protocol):
@@ -115,23 +115,6 @@ def get_method(name: str) -> MethodSpec:
         raise ConfigError(f"unknown method {name!r}; available: {', '.join(available_methods())}") from None
 
 
-def resolve_device(device: str) -> torch.device:
-    """Turn ``auto`` / ``cpu`` / ``cuda`` into a torch device.
-
-    Raises:
-        ConfigError: an unknown name, or ``cuda`` on a machine without a usable GPU.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
-        return torch.device("cuda")
-    raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
-
-
 # --------------------------------------------------------------------------------------------
 # classical methods
 
@@ -171,7 +154,7 @@ def _build_bspline(**_: Any) -> PlaneUpsampler:
 # --------------------------------------------------------------------------------------------
 # learned methods
 
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16"]
 # method -> the training objectives whose models it can run
 _OBJECTIVES_FOR = {"partdiff": ("partdiff", "sr3"), "sr3": ("sr3",), "regression": ("regression",)}
 
@@ -185,6 +168,9 @@ class _Learned:
     sampler: str
     steps: int | None
     device: torch.device
+    precision: str = "fp32"
+    k: int | None = None
+    start_model: Any = None  # a regression LoadedModel whose output is diffused instead of the LR image
     network_evaluations: int = 0
     intensity: tuple[float, float] | None = None
     stochastic: bool = True
@@ -197,24 +183,30 @@ class _Learned:
         inferer = self.model.inferer
         if self.method == "regression":
             return 1
+        extra = 1 if self.start_model is not None else 0
         if self.sampler == "ddim":
-            start = inferer.inference_schedule.num_steps if self.method == "sr3" else inferer.k
-            return len(ddim_steps(start, self.steps or DEFAULT_DDIM_STEPS))
+            start = inferer.inference_schedule.num_steps if self.method == "sr3" else (self.k or inferer.k)
+            return extra + len(ddim_steps(start, self.steps or DEFAULT_DDIM_STEPS))
         if self.method == "sr3":
             return inferer.inference_schedule.num_steps
-        return self.steps or inferer.k
+        return extra + (self.steps or self.k or inferer.k)
 
     def __call__(self, planes: torch.Tensor, factors: tuple[int, int], seeds: list[int]) -> torch.Tensor:
         condition = bicubic_upsample(planes.to(self.device, torch.float32), factors)
         generators = [torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
+        start = None
+        if self.start_model is not None:
+            start = self.start_model.inferer.sample(condition, self.start_model.network, method="regression")
+            self.network_evaluations += 1
         out = self.model.inferer.sample(condition, self.model.network, method=self.method, sampler=self.sampler,
-                                        steps=self.steps, generators=generators)
+                                        steps=self.steps, k=self.k, generators=generators, start=start)
         self.network_evaluations += self.model.inferer.network_evaluations
         return out
 
 
 def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, model: str | None = None,
                    sampler: str | None = None, steps: int | None = None, precision: Precision | None = None,
+                   k: int | None = None, start: str | None = None, start_model: str | None = None,
                    **_: Any) -> PlaneUpsampler:
     from mrisr.diffusion import SAMPLERS
     from mrisr.models import default_model, load_model, shipped_models
@@ -224,14 +216,12 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     if model is None:
         shipped = default_model(method, plan.plane, plan.factor)
         model, expected_sha256, served = str(shipped.path), shipped.sha256, True
-        if sampler is None and steps is None and method == "partdiff":
+        if sampler is None and steps is None and k is None and start is None and method == "partdiff":
             sampler, steps = shipped.sampler, shipped.steps
     else:
         served = any(m.serves(method, plan.plane, plan.factor) and m.path == Path(model).resolve()
                      for m in shipped_models())
-    precision = precision or "bf16"
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
+    precision = resolve_precision(precision, device)
     dtype = torch.bfloat16 if precision == "bf16" else None
     loaded = load_model(model, device=device, autocast_dtype=dtype, expected_sha256=expected_sha256)
     if loaded.objective not in _OBJECTIVES_FOR[method]:
@@ -257,8 +247,34 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
                               "inference schedule")
     if method == "regression" and (steps is not None or sampler != "ancestral"):
         raise ConfigError("--steps and --sampler do not apply to --method regression (one network pass)")
+    if k is not None:
+        if method != "partdiff":
+            raise ConfigError("--k (the partial-diffusion start step) applies to --method partdiff only")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= inferer.inference_schedule.num_steps:
+            raise ConfigError(f"--k must be an integer in 1..{inferer.inference_schedule.num_steps}, got {k!r}")
+        if sampler == "ancestral" and steps is not None and steps != k:
+            raise ConfigError("for the ancestral sampler --steps is K itself; give --k or --steps, not both")
+    start_loaded = None
+    if start not in (None, "lowres", "regression"):
+        raise ConfigError(f"--start must be lowres or regression, got {start!r}")
+    if start == "regression":
+        if method != "partdiff":
+            raise ConfigError("--start regression applies to --method partdiff only")
+        if start_model is None:
+            shipped_start = default_model("regression", plan.plane, plan.factor)
+            start_loaded = load_model(shipped_start.path, device=device, autocast_dtype=dtype,
+                                      expected_sha256=shipped_start.sha256)
+        else:
+            start_loaded = load_model(start_model, device=device, autocast_dtype=dtype)
+        if start_loaded.objective != "regression" or (start_loaded.plane, start_loaded.factor) != (plan.plane,
+                                                                                                   plan.factor):
+            raise ConfigError(f"--start-model {start_loaded.path.name} must be a regression model for --plane "
+                              f"{plan.plane} --factor {plan.factor}")
+    elif start_model is not None:
+        raise ConfigError("--start-model needs --start regression")
     norm = loaded.config.get("normalisation", {})
-    return _Learned(model=loaded, method=method, sampler=sampler, steps=steps, device=device,
+    return _Learned(model=loaded, method=method, sampler=sampler, steps=steps, device=device, precision=precision,
+                    k=k, start_model=start_loaded,
                     intensity=(float(norm.get("lower", 0.5)), float(norm.get("upper", 99.5))),
                     # ancestral steps add noise; DDIM is deterministic given its noisy start
                     stochastic=method != "regression")
@@ -331,7 +347,10 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
         samples: how many stochastic samples to average; with ``samples > 1`` the result also
             holds their per-voxel standard deviation (an uncertainty map).
         progress: show a progress bar on stderr (it appears only after about a second).
-        options: for learned methods: ``model`` (path), ``sampler``, ``steps``, ``precision``.
+        options: for learned methods: ``model`` (path), ``sampler``, ``steps``, ``precision``;
+            for partdiff also ``k`` (the start step) and ``start="regression"`` (diffuse the
+            output of a regression model, ``start_model`` or the shipped one, instead of the
+            low-resolution image: a start closer to the high-resolution image).
 
     Returns:
         The result, whose volume has the plan's output shape and affine.
@@ -401,8 +420,10 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     extras: dict[str, Any] = {}
     if spec.learned:
         extras = {"sampler": getattr(upsampler, "sampler", None), "steps": getattr(upsampler, "steps_run", None),
+                  "k": getattr(upsampler, "k", None),
+                  "start": "regression" if getattr(upsampler, "start_model", None) is not None else None,
                   "seed": seed, "samples": samples, "model": str(upsampler.model.path),  # type: ignore[attr-defined]
-                  "precision": options.get("precision") or "bf16"}
+                  "precision": getattr(upsampler, "precision", None)}
     return UpsampleResult(volume=out, plan=plan, method=method, device=str(dev), seconds=seconds,
                           network_evaluations=int(upsampler.network_evaluations), std_volume=std_volume,
                           extras=extras)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 
 from mrisr.analysis import convergence_curve, write_convergence_report
 from mrisr.diffusion import inference_schedule
@@ -34,7 +35,21 @@ def test_curves_start_apart_and_meet(rng, tmp_path):
     assert paths["png"].stat().st_size > 1000
     blob = json.loads(paths["json"].read_text())
     assert blob["curves"][0]["meeting_k"] == k
-    assert f"| x4 | in | 3 | {k} " in paths["markdown"].read_text()
+    assert f"| x4 | in | LR | 3 | {k} " in paths["markdown"].read_text()
+
+
+def test_a_better_start_meets_the_hr_curve_sooner(rng):
+    """Diffusing an image closer to HR (here: the LR image moved half way back towards the clean
+    plane it came from, a stand-in for a regression output) makes the curves meet earlier."""
+    planes = _planes(rng)
+    base = convergence_curve(planes, 4, "in", tolerance_db=0.1, seed=3)
+    same = convergence_curve(planes, 4, "in", tolerance_db=0.1, seed=3, start=lambda lr: lr.clone())
+    np.testing.assert_array_equal(same.psnr_lr, base.psnr_lr)  # an identity start changes nothing
+    hr = iter([torch.from_numpy(p[None, None].astype(np.float32)) for p in planes])
+    closer = convergence_curve(planes, 4, "in", tolerance_db=0.1, seed=3, start_name="closer",
+                               start=lambda lr: 0.5 * lr + 0.5 * next(hr))
+    assert closer.start == "closer" and closer.psnr_lr[0] > base.psnr_lr[0] + 3
+    assert closer.meeting_k < base.meeting_k
 
 
 @needs_prostatex

@@ -175,7 +175,8 @@ def _pair(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
                                                   ("partdiff", "ddim", 10), ("sr3", "ddim", 6)])
 def test_oracle_denoiser_recovers_the_hr_image(method, sampler, steps):
     hr, lowres = _pair()
-    inferer = PartialDiffusionInferer(objective="sr3")
+    # white-noise HR far outside its 4x4-averaged condition's range: the sampler math, unclipped
+    inferer = PartialDiffusionInferer(objective="sr3", clip_denoised="off")
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
     out = inferer.sample(lowres, _Oracle(hr), method=method, sampler=sampler, steps=steps, generators=gens)
     torch.testing.assert_close(out, hr, atol=1e-4, rtol=0)
@@ -306,3 +307,52 @@ def test_network_builds_from_a_monai_config():
     assert isinstance(net, SR3UNet) and net.channels == (16, 32)
     assert isinstance(inferer, PartialDiffusionInferer) and inferer.k == 25
     assert net(torch.randn(1, 2, 12, 12), torch.tensor([0.5])).shape == (1, 1, 12, 12)
+
+
+class _Wild(torch.nn.Module):
+    """A broken noise predictor: a huge, structured error, as a diverged model writes at borders."""
+
+    def forward(self, x, level):
+        return 50.0 * torch.sign(x[:, 1:]) + 20.0
+
+
+@pytest.mark.parametrize("sampler,steps", [("ancestral", None), ("ddim", 4)])
+def test_the_default_guard_keeps_outputs_in_the_condition_range(sampler, steps):
+    from mrisr.diffusion.samplers import condition_range
+
+    hr, lowres = _pair(4)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    out = PartialDiffusionInferer(objective="partdiff").sample(lowres, _Wild(), sampler=sampler, steps=steps,
+                                                              generators=gens)
+    lo, hi = condition_range(lowres)
+    assert bool((out >= lo - 1e-5).all() and (out <= hi + 1e-5).all())
+    wild = PartialDiffusionInferer(objective="partdiff", clip_denoised="off").sample(
+        lowres, _Wild(), sampler=sampler, steps=steps, generators=gens)
+    assert float(torch.maximum(wild - hi, lo - wild).max()) > 1.0  # unguarded, it runs far out of range
+
+
+def test_the_guard_leaves_an_in_range_oracle_untouched():
+    """An HR image inside its condition's bounds comes back exactly with the default guard."""
+    hr, lowres = _pair(5)
+    lowres = hr.clamp(-0.8, 0.8)  # a condition whose range nearly covers the HR image's
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+    guarded = PartialDiffusionInferer(objective="sr3").sample(lowres, _Oracle(hr), method="partdiff",
+                                                             sampler="ddim", steps=4, generators=gens())
+    torch.testing.assert_close(guarded, hr, atol=1e-4, rtol=0)
+
+
+def test_a_start_image_replaces_the_lowres_latent():
+    hr, lowres = _pair(6)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+    inferer = PartialDiffusionInferer(objective="sr3", clip_denoised="off")
+    # an identity "model" (eps = 0): DDIM with one step returns x_K / sqrt(alpha_bar_K)...
+    zero = lambda x, level: torch.zeros_like(x[:, 1:])  # noqa: E731
+    a = inferer.sample(lowres, zero, sampler="ddim", steps=1, k=10, generators=gens())
+    b = inferer.sample(lowres, zero, sampler="ddim", steps=1, k=10, generators=gens(), start=hr)
+    ab = float(inferer.inference_schedule.alpha_bar[10])
+    noise = torch.stack([torch.randn(hr.shape[1:], generator=g) for g in gens()])
+    # ...which is the start image plus its scaled noise: the difference is the start images'
+    torch.testing.assert_close(b - a, hr - lowres, atol=1e-5, rtol=0)
+    torch.testing.assert_close(b, hr + (1 - ab) ** 0.5 / ab**0.5 * noise, atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match="start image"):
+        inferer.sample(lowres, zero, method="sr3", start=hr)

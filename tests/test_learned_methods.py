@@ -116,7 +116,10 @@ def test_volume_helper_counts_evaluations_and_normalises(tmp_path, tiny_models):
     assert res.network_evaluations == 2 * 4  # ceil(3 planes / batch 2) batches x 4 steps
     # back in the input's units: close to the bicubic result for a barely trained network
     bic = upsample_volume(vol, "in", 2, method="bicubic").volume
-    assert abs(float(res.volume.data.mean()) - float(bic.data.mean())) < 0.1 * float(bic.data.mean())
+    # (the sampling guard clips this random network's wild values, more room above than below)
+    assert abs(float(res.volume.data.mean()) - float(bic.data.mean())) < 0.15 * float(bic.data.mean())
+    span = float(bic.data.max() - bic.data.min())
+    assert bic.data.min() - 0.3 * span < res.volume.data.min() and res.volume.data.max() < bic.data.max() + 0.6 * span
     # batch size does not change the result
     again = upsample_volume(vol, "in", 2, method="partdiff", model=str(tiny_models["partdiff"]), sampler="ddim",
                             steps=4, batch_size=3, seed=3)

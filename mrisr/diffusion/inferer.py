@@ -16,8 +16,9 @@ import torch
 from monai.inferers import Inferer
 
 from mrisr.diffusion.objectives import OBJECTIVES, LossType, Objective, predict_noise, predict_regression, training_loss
-from mrisr.diffusion.samplers import (SAMPLERS, Generators, SamplerName, ancestral_sample, ddim_sample, partial_start,
-                                      randn)
+from mrisr.diffusion.samplers import (SAMPLERS, Clip, Generators, SamplerName, ancestral_sample, apply_clip,
+                                      condition_range,
+                                      ddim_sample, partial_start, randn)
 from mrisr.diffusion.schedules import INFERENCE_SCHEDULE, TRAINING_SCHEDULE, NoiseSchedule
 from mrisr.errors import ConfigError
 
@@ -48,8 +49,12 @@ class PartialDiffusionInferer(Inferer):
         k_noise_level: partial-diffusion threshold ``sqrt(alpha_bar_K)`` (0.25 <-> K = 50 with
             the default inference schedule).
         loss: ``"l1"`` (SR3's choice) or ``"l2"`` distance to the noise.
-        clip_denoised: clip predicted clean images to ``[-clip, clip]`` while sampling (None:
-            off; intensities are normalised to about [-1, 1], bright tails go beyond).
+        clip_denoised: bounds for predicted clean images while sampling (and for the regression
+            output): ``"condition"`` (the default; None means it too) clips each sample to its
+            condition's range widened as in :func:`~mrisr.diffusion.samplers.condition_range`,
+            so no model can write values far outside the image's; a number ``c`` clips to
+            ``[-c, c]`` (intensities are normalised to about [-1, 1], bright tails reach ~2.7);
+            ``"off"`` does not clip.
         autocast_dtype: run the network under ``torch.autocast`` with this dtype while sampling
             (e.g. ``torch.bfloat16``); None runs it in its own precision.
 
@@ -59,7 +64,7 @@ class PartialDiffusionInferer(Inferer):
 
     def __init__(self, objective: Objective = "partdiff", train_schedule: NoiseSchedule | dict | None = None,
                  inference_schedule: NoiseSchedule | dict | None = None, k_noise_level: float = 0.25,
-                 loss: LossType = "l1", clip_denoised: float | None = None,
+                 loss: LossType = "l1", clip_denoised: float | str | None = None,
                  autocast_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
@@ -70,7 +75,13 @@ class PartialDiffusionInferer(Inferer):
         self.k_noise_level = float(k_noise_level)
         self.k = self.inference_schedule.k_for_noise_level(self.k_noise_level)
         self.loss = loss
-        self.clip_denoised = clip_denoised
+        if clip_denoised is None:
+            clip_denoised = "condition"
+        if isinstance(clip_denoised, str) and clip_denoised not in ("condition", "off"):
+            raise ConfigError(f"clip_denoised must be 'condition', 'off' or a number, got {clip_denoised!r}")
+        if not isinstance(clip_denoised, str) and (isinstance(clip_denoised, bool) or float(clip_denoised) <= 0):
+            raise ConfigError(f"clip_denoised must be a positive number, 'condition' or 'off', got {clip_denoised!r}")
+        self.clip_denoised: float | str = clip_denoised if isinstance(clip_denoised, str) else float(clip_denoised)
         self.autocast_dtype = autocast_dtype
         self.network_evaluations = 0
 
@@ -107,6 +118,14 @@ class PartialDiffusionInferer(Inferer):
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
+    def clip_bounds(self, condition: torch.Tensor) -> Clip:
+        """The clipping the samplers apply to predicted clean images of this batch."""
+        if self.clip_denoised == "off":
+            return None
+        if self.clip_denoised == "condition":
+            return condition_range(condition)
+        return float(self.clip_denoised)
+
     def _eps_model(self, network: Callable, lowres: torch.Tensor) -> Callable:
         def eps(x_t: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
             self.network_evaluations += 1
@@ -118,7 +137,8 @@ class PartialDiffusionInferer(Inferer):
     @torch.no_grad()
     def sample(self, lowres: torch.Tensor, network: Callable, method: SampleMethod = "partdiff",
                sampler: SamplerName = "ancestral", steps: int | None = None, k: int | None = None,
-               generators: Generators = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+               generators: Generators = None, progress: Callable[[int], None] | None = None,
+               start: torch.Tensor | None = None) -> torch.Tensor:
         """Super-resolve a batch.
 
         Args:
@@ -135,6 +155,9 @@ class PartialDiffusionInferer(Inferer):
             k: the partial-diffusion start for ``ddim`` (default: this inferer's K).
             generators: noise source, ideally one seeded generator per sample.
             progress: called with 1 after each network evaluation.
+            start: partdiff only: the image diffused to ``x_K`` instead of ``lowres`` (e.g. a
+                regression model's output, a start closer to the high-resolution image); the
+                network's condition stays ``lowres``.
 
         Returns:
             ``(B, C, H, W)`` float32.
@@ -143,14 +166,17 @@ class PartialDiffusionInferer(Inferer):
             raise ConfigError(f"method must be one of {', '.join(SAMPLE_METHODS)}, got {method!r}")
         if sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if start is not None and (method != "partdiff" or start.shape != lowres.shape):
+            raise ConfigError(f"a start image needs --method partdiff and the condition's shape {tuple(lowres.shape)}")
         self.network_evaluations = 0
+        clip = self.clip_bounds(lowres)
         if method == "regression":
             with self._autocast(lowres.device):
                 self.network_evaluations = 1
                 out = predict_regression(network, lowres).float()
             if progress is not None:
                 progress(1)
-            return out
+            return apply_clip(out, clip)
         schedule = self.inference_schedule
         eps_model = self._eps_model(network, lowres)
         noise = randn(lowres.shape, generators, lowres.device)
@@ -159,8 +185,8 @@ class PartialDiffusionInferer(Inferer):
             x_start = noise
         else:
             start_k = (steps if sampler == "ancestral" and steps is not None else k) or self.k
-            x_start = partial_start(lowres, schedule, start_k, noise)
+            x_start = partial_start(lowres if start is None else start, schedule, start_k, noise)
         if sampler == "ancestral":
-            return ancestral_sample(eps_model, x_start, schedule, start_k, generators, self.clip_denoised, progress)
-        return ddim_sample(eps_model, x_start, schedule, start_k, steps or DEFAULT_DDIM_STEPS,
-                           self.clip_denoised, progress)
+            return ancestral_sample(eps_model, x_start, schedule, start_k, generators, clip, progress)
+        return ddim_sample(eps_model, x_start, schedule, start_k, steps or DEFAULT_DDIM_STEPS, clip, progress)
+

@@ -28,6 +28,9 @@ __all__ = [
     "ancestral_sample",
     "ddim_steps",
     "ddim_sample",
+    "Clip",
+    "condition_range",
+    "apply_clip",
 ]
 
 SamplerName = Literal["ancestral", "ddim"]
@@ -49,8 +52,38 @@ def randn(shape: Sequence[int], generators: Generators, device: torch.device | s
                         for g in gens])
 
 
-def _clip(x0: torch.Tensor, clip: float | None) -> torch.Tensor:
-    return x0 if clip is None else x0.clamp(-clip, clip)
+Clip = float | tuple[torch.Tensor, torch.Tensor] | None
+
+
+def condition_range(condition: torch.Tensor, below: float = 0.25, above: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample bounds for predicted clean images from the condition's own range.
+
+    ``[min - below * span, max + above * span]`` of each ``(C, H, W)`` sample: a real
+    high-resolution image is never darker than its low-resolution image by much (the magnitude
+    floor is in the LR image too), but small bright structures are averaged away in it. On the
+    ten ProstateX series the high-resolution maximum exceeded the x4 condition's by at most
+    0.42 span and the minimum was never below it (x2 and x4 in-plane, x6 through-plane, every
+    plane; docs/benchmarks.md), so these bounds clip no real value there; they stop
+    a model that writes values far outside the image's range (a dynamic threshold in the sense
+    of SR3's and Imagen's clipping, set per image).
+
+    Returns:
+        ``(lo, hi)``, each ``(B, 1, 1, 1)``.
+    """
+    flat = condition.detach().float().flatten(1)
+    lo, hi = flat.amin(1), flat.amax(1)
+    span = (hi - lo).clamp_min(1e-6)
+    shape = (-1,) + (1,) * (condition.ndim - 1)
+    return (lo - below * span).view(shape), (hi + above * span).view(shape)
+
+
+def apply_clip(x0: torch.Tensor, clip: Clip) -> torch.Tensor:
+    """``x0`` clipped to ``[-clip, clip]`` or to per-sample ``(lo, hi)`` bounds (None: unchanged)."""
+    if clip is None:
+        return x0
+    if isinstance(clip, tuple):
+        return torch.maximum(torch.minimum(x0, clip[1]), clip[0])
+    return x0.clamp(-clip, clip)
 
 
 def _level(schedule: NoiseSchedule, t: int, batch: int, device: torch.device) -> torch.Tensor:
@@ -71,7 +104,7 @@ def partial_start(lowres: torch.Tensor, schedule: NoiseSchedule, k: int, noise: 
 
 
 def ancestral_sample(eps_model: EpsModel, x_start: torch.Tensor, schedule: NoiseSchedule, k: int,
-                     generators: Generators = None, clip: float | None = None,
+                     generators: Generators = None, clip: Clip = None,
                      progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Run the ancestral reverse process from step ``k`` down to 0.
 
@@ -86,7 +119,8 @@ def ancestral_sample(eps_model: EpsModel, x_start: torch.Tensor, schedule: Noise
         schedule: the inference schedule.
         k: the start step.
         generators: noise source (one generator per sample for batch-independent results).
-        clip: clip predicted ``x0`` to ``[-clip, clip]`` (None: no clipping).
+        clip: clip predicted ``x0`` to ``[-clip, clip]``, or to per-sample ``(lo, hi)`` bounds
+            (see :func:`condition_range`); None: no clipping.
         progress: called with 1 after each network evaluation.
 
     Returns:
@@ -102,7 +136,7 @@ def ancestral_sample(eps_model: EpsModel, x_start: torch.Tensor, schedule: Noise
         if clip is None:  # Eq. (14): stable even where alpha_bar_t is ~0
             x = (x - float(schedule.betas[t]) / math.sqrt(1.0 - ab) * eps) / math.sqrt(float(schedule.alphas[t]))
         else:
-            x0 = _clip((x - math.sqrt(1.0 - ab) * eps) / math.sqrt(ab), clip)
+            x0 = apply_clip((x - math.sqrt(1.0 - ab) * eps) / math.sqrt(ab), clip)
             x = coef_x0 * x0 + coef_xt * x
         if t > 1 and variance > 0:
             x = x + math.sqrt(variance) * randn(x.shape, generators, x.device)
@@ -126,7 +160,7 @@ def ddim_steps(k: int, n: int) -> list[int]:
 
 
 def ddim_sample(eps_model: EpsModel, x_start: torch.Tensor, schedule: NoiseSchedule, k: int, n_steps: int,
-                clip: float | None = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+                clip: Clip = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) from step ``k`` with ``n_steps`` network evaluations.
 
     Between chosen steps ``tau > tau'``: ``x0 = (x_tau - sqrt(1 - ab_tau) eps) / sqrt(ab_tau)``,
@@ -143,7 +177,7 @@ def ddim_sample(eps_model: EpsModel, x_start: torch.Tensor, schedule: NoiseSched
         level = _level(schedule, t, x.shape[0], x.device)
         eps = eps_model(x, level).float()
         ab = float(schedule.alpha_bar[t])
-        x0 = _clip((x - math.sqrt(1.0 - ab) * eps) / math.sqrt(ab), clip)
+        x0 = apply_clip((x - math.sqrt(1.0 - ab) * eps) / math.sqrt(ab), clip)
         if clip is not None:  # keep eps consistent with the clipped x0
             eps = (x - math.sqrt(ab) * x0) / math.sqrt(1.0 - ab)
         ab_next = float(schedule.alpha_bar[steps[i + 1]]) if i + 1 < len(steps) else 1.0
