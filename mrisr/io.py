@@ -401,13 +401,30 @@ def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathL
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def output_mode(path: Path) -> int:
+    """The permission bits a published output gets: an existing file's own mode (``--overwrite``
+    keeps it), else what the user's umask allows a new file (``0o666 & ~umask``), never more:
+    patient data on a shared server stays as private as the user made it."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
 def _atomic_write(path: Path, write: Any, suffix: str) -> None:
-    """Write through a temporary file in the target folder, then rename it into place."""
+    """Write through a temporary file in the target folder, then rename it into place with
+    the permissions of :func:`output_mode` (``mkstemp`` makes the temporary owner-only)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent or ".")
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, output_mode(path))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -27,6 +27,7 @@ import torch
 
 from mrisr.diffusion.inferer import PartialDiffusionInferer
 from mrisr.errors import ConfigError, InputError
+from mrisr.io import output_mode
 from mrisr.networks import SR3UNet
 
 __all__ = ["FORMAT", "LoadedModel", "ShippedModel", "model_config", "save_model", "load_model", "sha256",
@@ -105,7 +106,7 @@ def save_model(path: str | os.PathLike, network: torch.nn.Module | dict[str, tor
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         save_file(tensors, str(tmp), metadata={"mrisr_config": json.dumps(config, sort_keys=True)})
-        os.chmod(tmp, 0o644)  # safetensors creates the file owner-only; a model is for sharing
+        os.chmod(tmp, output_mode(out))  # the user's umask (or the replaced file's mode), not safetensors' 0600
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)

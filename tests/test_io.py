@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from mrisr.errors import InputError, OutputError
 from mrisr.io import Volume, check_output_path, list_dicom_series, load_volume, output_stem, save_volume
@@ -198,3 +200,22 @@ def test_crop_keeps_world_positions():
     np.testing.assert_array_equal(vol.data, data)  # the source is untouched
     with pytest.raises(ValueError, match="leaves no voxels"):
         vol.crop([3, None, None], multiple=[4, 1, 1])
+
+
+def test_outputs_keep_the_users_umask_or_the_replaced_files_mode(tmp_path):
+    from mrisr.models import save_model
+
+    vol = Volume(np.ones((4, 3, 2), np.float32), np.eye(4))
+    old = os.umask(0o077)
+    try:
+        new = save_volume(vol, tmp_path / "private.nii.gz")
+        assert new.stat().st_mode & 0o777 == 0o600  # patient data stays private under umask 077
+        model = save_model(tmp_path / "m.safetensors", {"w": torch.zeros(2)}, {"k": 1})
+        assert model.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+    shared = tmp_path / "shared.nii.gz"
+    save_volume(vol, shared)
+    os.chmod(shared, 0o640)
+    save_volume(vol, shared, overwrite=True)
+    assert shared.stat().st_mode & 0o777 == 0o640  # --overwrite keeps the existing mode
