@@ -30,18 +30,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _int_at_least(text: str, name: str, minimum: int, error: type[MrisrError] = ConfigError) -> int:
+# the largest value any integer option takes: beyond it C longs overflow deep inside numpy / torch
+_INT_MAX = 2**31 - 1
+
+
+def _int_at_least(text: str, name: str, minimum: int, error: type[MrisrError] = ConfigError,
+                  maximum: int = _INT_MAX) -> int:
     try:
         value = int(text)
     except ValueError:
         raise error(f"{name} must be an integer >= {minimum}, got {text!r}") from None
-    if value < minimum:
-        raise error(f"{name} must be an integer >= {minimum}, got {value}")
+    if not minimum <= value <= maximum:
+        raise error(f"{name} must be an integer in {minimum}..{maximum}, got {text if len(text) < 30 else text[:27] + '...'}")
     return value
 
 
+# an integer factor beyond 64 turns a 0.5 mm voxel into 32 mm: no MRI use, and outputs of TB
+MAX_FACTOR = 64
+
+
 def _factor(text: str) -> int:
-    return _int_at_least(text, "--factor", 2, GeometryError)
+    return _int_at_least(text, "--factor", 2, GeometryError, MAX_FACTOR)
 
 
 def _axis(text: str | None) -> int | None:
@@ -179,10 +188,7 @@ def cmd_upsample(args: argparse.Namespace) -> int:
     k = _positive_int(args.k, "--k") if args.k is not None else None
     if args.start_model is not None and not Path(args.start_model).is_file():
         raise InputError(f"--start-model not found: {args.start_model}")
-    try:
-        seed = int(args.seed)
-    except ValueError:
-        raise ConfigError(f"--seed must be an integer, got {args.seed!r}") from None
+    seed = _int_at_least(args.seed, "--seed", 0)
 
     from mrisr.inference import get_method, resolve_device, upsample_volume
     from mrisr.io import check_output_path, load_volume, output_stem, save_volume, write_json
@@ -331,10 +337,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     factors = [_factor(f) for f in args.factor] if args.factor else ([2, 4] if args.plane == "in" else [6])
     try:
         tolerance = float(args.tolerance)
-        seed = int(args.seed)
     except ValueError:
-        raise ConfigError(f"--tolerance must be a number and --seed an integer, got {args.tolerance!r}, "
-                          f"{args.seed!r}") from None
+        raise ConfigError(f"--tolerance must be a number, got {args.tolerance!r}") from None
+    if not 0 < tolerance < float("inf"):
+        raise ConfigError(f"--tolerance must be a positive number of dB, got {args.tolerance!r}")
+    seed = _int_at_least(args.seed, "--seed", 0)
 
     from mrisr.analysis import convergence_curve, write_convergence_report
     from mrisr.data import PlaneBank, load_datalist

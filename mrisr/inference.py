@@ -216,8 +216,12 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     if model is None:
         shipped = default_model(method, plan.plane, plan.factor)
         model, expected_sha256, served = str(shipped.path), shipped.sha256, True
-        if sampler is None and steps is None and k is None and start is None and method == "partdiff":
-            sampler, steps = shipped.sampler, shipped.steps
+        # the registry's sampler is the default whatever else is given; its step count only
+        # when the user names no sampler and no steps (one rule: docs/cli.md)
+        if method == "partdiff" and sampler is None:
+            sampler = shipped.sampler
+            if steps is None:
+                steps = shipped.steps if k is None or shipped.steps is None else min(shipped.steps, k)
     else:
         served = any(m.serves(method, plan.plane, plan.factor) and m.path == Path(model).resolve()
                      for m in shipped_models())
@@ -237,6 +241,11 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ConfigError(f"--steps must be an integer >= 1, got {steps!r}")
     inferer = loaded.inferer
+    if sampler == "ddim" and steps is not None and method != "regression":
+        start_at = inferer.inference_schedule.num_steps if method == "sr3" else (k or inferer.k)
+        if steps > start_at:
+            raise ConfigError(f"--steps {steps}: DDIM from step {start_at} takes at most {start_at} network "
+                              "evaluations")
     if method == "partdiff" and sampler == "ancestral" and steps is not None:
         if loaded.objective == "partdiff" and steps != inferer.k:
             raise ConfigError(f"{loaded.path.name} is latent-aligned for K = {inferer.k} (noise level "

@@ -202,3 +202,28 @@ def test_info_reports_geometry():
 def test_help_is_instant_and_lists_commands():
     result = run_mrisr("--help")
     assert result.returncode == 0 and "upsample" in result.stdout and "info" in result.stdout
+
+
+def test_out_of_range_integers_are_one_line_errors(tmp_path, small_volume):
+    for args, phrase in [(["--seed", "-1"], "--seed must be an integer in 0.."),
+                         (["--factor", "1000000000000000000000"], "--factor must be an integer in 2..64"),
+                         (["--batch-size", "99999999999999999999"], "--batch-size must be an integer in 1..")]:
+        factor = [] if "--factor" in args else ["--factor", "2"]
+        result = run_mrisr("upsample", small_volume, "--plane", "in", *factor, "--method", "bicubic", *args,
+                           cwd=tmp_path)
+        assert result.returncode == 2 and phrase in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+    result = run_mrisr("analyze", "convergence", "x.json", "--seed", "-3", cwd=tmp_path)
+    assert result.returncode == 2 and "--seed" in result.stderr
+
+
+def test_shipped_partdiff_keeps_its_sampler_when_only_steps_are_given():
+    from mrisr.errors import ConfigError
+    from mrisr.inference import upsample_volume
+    from mrisr.io import Volume
+
+    vol = Volume(np.random.default_rng(0).random((8, 6, 2), dtype=np.float32), np.diag([0.6, 0.6, 3.6, 1.0]))
+    out = upsample_volume(vol, "through", 6, method="partdiff", steps=2)
+    assert out.extras["sampler"] == "ddim" and out.extras["steps"] == 2
+    with pytest.raises(ConfigError, match="DDIM from step 50 takes at most 50"):
+        upsample_volume(vol, "through", 6, method="partdiff", steps=100000)
