@@ -222,7 +222,8 @@ def cmd_upsample(args: argparse.Namespace) -> int:
         save_volume(result.std_volume, std_out, overwrite=args.overwrite)
     if report is not None:
         extra = {"std_output": str(std_out)} if std_out is not None else {}
-        write_json({"input": str(src), "output": str(out), **extra, **result.report()}, report)
+        write_json({"input": str(src), "output": str(out), **extra, **result.report()}, report,
+                   overwrite=args.overwrite)
     if not args.quiet:
         evals = f", {result.network_evaluations} network evaluations" if result.network_evaluations else ""
         print(f"wrote {out} ({_fmt(result.plan.output_shape)} voxels of "
@@ -385,6 +386,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 COMMANDS = {"upsample": cmd_upsample, "info": cmd_info, "train": cmd_train, "analyze": cmd_analyze}
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, Slurm, docker stop) turned into an interrupt, so every ``finally`` and
+    ``except BaseException`` clean-up runs as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -392,6 +402,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _setup_logging(args)
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return COMMANDS[args.command](args)
     except MrisrError as exc:
@@ -399,15 +415,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"mrisr: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("mrisr: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, _Terminated)
+        print(f"mrisr: {'terminated (SIGTERM)' if terminated else 'interrupted'}; no partial output was left"
+              + ("; mrisr train continues from its last checkpoint with --resume" if args.command == "train" else ""),
+              file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as exc:  # a bug in mrisr, not bad input
         if args.debug:
             traceback.print_exc()
         print(f"mrisr: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
               "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def entry_point() -> NoReturn:

@@ -12,6 +12,7 @@ file and an interrupted run leaves nothing behind.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -417,19 +418,72 @@ def output_mode(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
-def _atomic_write(path: Path, write: Any, suffix: str) -> None:
-    """Write through a temporary file in the target folder, then rename it into place with
-    the permissions of :func:`output_mode` (``mkstemp`` makes the temporary owner-only)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent or ".")
+_TMP_MARK = ".mrisr-partial-"
+
+
+def _remove_stale_partials(path: Path) -> None:
+    """Remove temporaries a killed run (SIGKILL, power loss) left for this output: their names
+    carry the writer's process id, and only those of processes no longer alive are removed."""
+    prefix = f".{path.name}{_TMP_MARK}"
+    for stale in (path.parent or Path(".")).glob(f"{glob.escape(prefix)}*"):
+        try:
+            pid = int(stale.name[len(prefix):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        stale.unlink(missing_ok=True)
+        logger.info("removed %s, left by an interrupted run", stale)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _atomic_write(path: Path, write: Any, suffix: str, overwrite: bool = True) -> None:
+    """Write through a temporary file in the target folder, then publish it under ``path`` with
+    the permissions of :func:`output_mode` (``mkstemp`` makes the temporary owner-only).
+
+    The temporary is ``.NAME.mrisr-partial-PID-XXXX<suffix>``: hidden, marked as partial, and
+    removed by the next write to the same output if its writer is gone. Without ``overwrite``
+    the file is published by a hard link, which fails if another process created ``path`` in
+    the meantime (no silent replacement in a race); with it, by an atomic rename. Any exception,
+    KeyboardInterrupt and the CLI's SIGTERM included, removes the temporary.
+
+    Raises:
+        OutputError: ``overwrite`` is false and ``path`` appeared while writing.
+    """
+    _remove_stale_partials(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}{os.getpid()}-", suffix=suffix,
+                               dir=path.parent or ".")
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, output_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise OutputError(f"output {path} was created by something else while mrisr worked; "
+                                  "pass --overwrite to replace it") from None
+            except OSError:  # a file system without hard links: exclusive create, then replace
+                try:
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                except FileExistsError:
+                    raise OutputError(f"output {path} was created by something else while mrisr worked; "
+                                      "pass --overwrite to replace it") from None
+                os.replace(tmp, path)
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
 
 
 def save_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -452,13 +506,13 @@ def save_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False
     img.header.set_xyzt_units("mm", "sec")
     img.header["descrip"] = b"mrisr"
     suffix = ".nii.gz" if lower.endswith(".nii.gz") else ".nii"
-    _atomic_write(out, lambda tmp: nib.save(img, tmp), suffix)
+    _atomic_write(out, lambda tmp: nib.save(img, tmp), suffix, overwrite=overwrite)
     logger.info("wrote %s", out)
     return out
 
 
-def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
+def write_json(obj: Any, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write ``obj`` as indented JSON, atomically (see :func:`_atomic_write` for ``overwrite``)."""
     out = Path(path)
 
     def write(tmp: str) -> None:
@@ -466,7 +520,7 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
             json.dump(obj, fh, indent=2, default=_json_default)
             fh.write("\n")
 
-    _atomic_write(out, write, ".json")
+    _atomic_write(out, write, ".json", overwrite=overwrite)
     return out
 
 

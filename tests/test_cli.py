@@ -227,3 +227,28 @@ def test_shipped_partdiff_keeps_its_sampler_when_only_steps_are_given():
     assert out.extras["sampler"] == "ddim" and out.extras["steps"] == 2
     with pytest.raises(ConfigError, match="DDIM from step 50 takes at most 50"):
         upsample_volume(vol, "through", 6, method="partdiff", steps=100000)
+
+
+def test_sigterm_leaves_nothing_and_exits_143(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(0)
+    src = save_volume(Volume(rng.uniform(0, 500, (96, 96, 12)).astype(np.float32), make_affine("LPS")),
+                      tmp_path / "thick.nii.gz")
+    before = file_digest(src)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mrisr", "upsample", str(src), "--plane", "through", "--factor",
+                             "6", "--sampler", "ancestral", "--quiet", "--precision", "fp32"], cwd=tmp_path,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(12)  # imports done, sampling under way (the whole run takes minutes)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip() == "mrisr: terminated (SIGTERM); no partial output was left"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thick.nii.gz"]
+    assert file_digest(src) == before
