@@ -169,8 +169,11 @@ def _setup_logging(args: argparse.Namespace) -> None:
     logger.addHandler(handler)
     logger.setLevel(level)
     if not args.debug:
-        # MONAI probes for NVIDIA's optional DICOM codec and complains when it is absent
-        warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+        # The one-line contract holds for warnings too: numpy / torch / nibabel / MONAI warnings
+        # (ComplexWarning, overflow, torch.load's pickle advice, MONAI's probe for NVIDIA's DICOM
+        # codec) are shown with --debug only; what matters reaches the user as mrisr's own
+        # message. ITK's C++ warnings are switched off where SimpleITK is used (mrisr.io).
+        warnings.simplefilter("ignore")
         logging.getLogger("monai").setLevel(logging.ERROR)
         logging.getLogger().setLevel(logging.ERROR)
 

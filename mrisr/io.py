@@ -12,6 +12,7 @@ file and an interrupted run leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -130,6 +131,42 @@ class DicomSeries:
 # reading
 
 
+@contextlib.contextmanager
+def _native_stderr_to_log() -> Any:
+    """Capture what C / C++ code writes straight to file descriptor 2 (ITK's MetaIO prints
+    "MetaImage: Read: Cannot open data file" that way) and log it at debug level instead, so
+    the user sees mrisr's one line, not the library's."""
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): leave it alone
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode(errors="replace").strip()
+            if text:
+                logger.debug("from the image library: %s", text)
+
+
+def _simpleitk() -> Any:
+    """SimpleITK, with ITK's own warnings (printed by C++ straight to stderr, e.g. "MetaImage:
+    Read: Cannot open data file") shown only when mrisr logs at debug level: the problems they
+    describe reach the user as mrisr's one-line errors."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(logging.getLogger("mrisr").isEnabledFor(logging.DEBUG))
+    return sitk
+
+
 NonFinite = Literal["error", "zero"]
 
 
@@ -177,6 +214,16 @@ def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
 
     try:
         img = nib.load(str(p))
+    except Exception as exc:  # nibabel raises many types for truncated / non-NIfTI files
+        raise InputError(f"{p} is not a readable NIfTI file: {_short(exc)}") from exc
+    stored = np.dtype(img.get_data_dtype()) if hasattr(img, "get_data_dtype") else None
+    if stored is not None and stored.kind == "c":
+        raise InputError(f"{p} holds complex values ({stored}); mrisr works on magnitude images: save the "
+                         "magnitude (abs) first")
+    if stored is not None and (stored.fields or stored.kind not in "biuf"):
+        what = "RGB / multi-component" if stored.fields else f"non-numeric ({stored.kind})"
+        raise InputError(f"{p} holds {what} voxels ({stored}); mrisr needs one grey value per voxel")
+    try:
         # get_fdata applies scl_slope / scl_inter, so values are in the stored physical units.
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as exc:  # nibabel raises many types for truncated / non-NIfTI files
@@ -197,7 +244,7 @@ def _sitk_affine(image: Any) -> np.ndarray:
 
 
 def _sitk_to_array(image: Any, p: Path | str) -> tuple[np.ndarray, np.ndarray]:
-    import SimpleITK as sitk
+    sitk = _simpleitk()
 
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{p} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
@@ -218,10 +265,11 @@ def _sitk_to_array(image: Any, p: Path | str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_sitk(p: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    import SimpleITK as sitk
+    sitk = _simpleitk()
 
     try:
-        image = sitk.ReadImage(str(p))
+        with _native_stderr_to_log():
+            image = sitk.ReadImage(str(p))
     except Exception as exc:  # RuntimeError with ITK's multi-line message
         raise InputError(f"{p} is not a readable image: {_short(exc)}") from exc
     data, affine = _sitk_to_array(image, p)
@@ -303,7 +351,7 @@ def _position(ds: Any) -> np.ndarray:
 
 def _load_dicom_folder(folder: Path, uid: str | None, nonfinite: NonFinite) -> Volume:
     import pydicom
-    import SimpleITK as sitk
+    sitk = _simpleitk()
 
     found = list_dicom_series(folder)
     if not found:
@@ -324,7 +372,8 @@ def _load_dicom_folder(folder: Path, uid: str | None, nonfinite: NonFinite) -> V
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
     try:
-        image = reader.Execute()
+        with _native_stderr_to_log():
+            image = reader.Execute()
     except Exception as exc:
         raise InputError(f"DICOM series {chosen.uid} in {folder} is not readable: {_short(exc)}") from exc
     data, affine = _sitk_to_array(image, folder)

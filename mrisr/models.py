@@ -126,7 +126,7 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             raise InputError(f"{path} is not a readable safetensors model: {exc}") from exc
         if "mrisr_config" not in meta:
             raise InputError(f"{path} has no mrisr config in its metadata; was it written by mrisr?")
-        return json.loads(meta["mrisr_config"]), state
+        return _config_json(meta["mrisr_config"], path), state
     if path.suffix in (".pt", ".pth"):
         try:
             blob = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -135,11 +135,41 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         if not isinstance(blob, dict) or "config" not in blob or "model" not in blob:
             raise InputError(f"{path} is not an mrisr checkpoint (needs 'config' and 'model')")
         state = blob.get("ema") or blob["model"]
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            raise InputError(f"{path}: its 'model' entry is not a state dict of named tensors")
         config = blob["config"]
         if isinstance(config, str):
-            config = json.loads(config)
+            config = _config_json(config, path)
+        if not isinstance(config, dict):
+            raise InputError(f"{path}: its 'config' entry is not a mapping")
         return config, state
     raise InputError(f"model {path} must be .safetensors, .pt or .pth")
+
+
+def _config_json(text: str, path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise InputError(f"{path}: its mrisr config is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: its mrisr config is not a JSON object")
+    return config
+
+
+def _check_size(config: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse a config whose network would not be the stored one before allocating it: the
+    parameter count of the config (built on the meta device, no memory) must equal the file's."""
+    try:
+        with torch.device("meta"):
+            shape_only = SR3UNet(**config["network"])
+    except (TypeError, ValueError, KeyError, ConfigError) as exc:
+        raise InputError(f"{path} has a network config mrisr cannot build: {exc}") from exc
+    wanted = sum(p.numel() for p in shape_only.parameters()) + sum(b.numel() for b in shape_only.buffers())
+    stored = sum(int(v.numel()) for v in state.values())
+    if wanted != stored:
+        raise InputError(f"{path}: its config describes a network of {wanted:,} values but the file stores "
+                         f"{stored:,}; the file is damaged or was not written by mrisr")
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", expected_sha256: str | None = None,
@@ -166,6 +196,10 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", expe
     config, state = _read(p)
     if config.get("format") != FORMAT:
         raise InputError(f"{p} has model format {config.get('format')!r}; this mrisr reads {FORMAT}")
+    for key in ("network", "inferer", "task"):
+        if not isinstance(config.get(key), dict):
+            raise InputError(f"{p}: its mrisr config lacks the '{key}' section")
+    _check_size(config, state, p)
     try:
         network = SR3UNet(**config["network"])
         inferer = PartialDiffusionInferer(**config["inferer"], autocast_dtype=autocast_dtype)

@@ -252,3 +252,15 @@ def test_sigterm_leaves_nothing_and_exits_143(tmp_path):
     assert err.strip() == "mrisr: terminated (SIGTERM); no partial output was left"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thick.nii.gz"]
     assert file_digest(src) == before
+
+
+def test_library_messages_do_not_break_the_one_line_contract(tmp_path):
+    """ITK prints "MetaImage: Read: Cannot open data file" to stderr itself; only --debug shows it."""
+    header = tmp_path / "detached.mha"
+    header.write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 3\nElementType = MET_FLOAT\n"
+                      "ElementDataFile = missing.raw\n")
+    result = run_mrisr("upsample", header, "--plane", "in", "--factor", "2", "--method", "bicubic", cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "is not a readable image" in result.stderr
+    debug = run_mrisr("info", header, "--debug", cwd=tmp_path)
+    assert debug.returncode == 2 and "MetaImage" in debug.stderr

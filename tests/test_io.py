@@ -247,3 +247,14 @@ def test_partials_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
     save_volume(vol, tmp_path / "scan.nii.gz")
     assert not dead.exists() and live.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "scan.nii.gz"])
+
+
+def test_complex_and_rgb_nifti_are_refused_with_one_clear_line(tmp_path):
+    complex_img = nib.Nifti1Image((np.ones((4, 4, 3)) + 1j).astype(np.complex64), np.eye(4))
+    nib.save(complex_img, tmp_path / "c.nii.gz")
+    rgb = np.zeros((4, 4, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), tmp_path / "rgb.nii.gz")
+    with pytest.raises(InputError, match=r"complex values \(complex64\).*magnitude"):
+        load_volume(tmp_path / "c.nii.gz")
+    with pytest.raises(InputError, match="RGB / multi-component voxels"):
+        load_volume(tmp_path / "rgb.nii.gz")

@@ -176,3 +176,24 @@ def test_cli_learned_method_errors(tmp_path, tiny_models):
         assert result.returncode == 2, (args, result.stderr)
         assert phrase in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
         assert not list(tmp_path.glob("vol_sr*"))
+
+
+def test_bad_model_files_are_one_line_errors_before_any_allocation(tmp_path, tiny_models):
+    from safetensors.torch import save_file
+
+    _, vol_path = _volume(tmp_path)
+    good = load_model(tiny_models["partdiff"])
+    weights = {k: v.contiguous() for k, v in good.network.state_dict().items()}
+    save_file(weights, str(tmp_path / "nojson.safetensors"), metadata={"mrisr_config": "{not json"})
+    save_file(weights, str(tmp_path / "nokeys.safetensors"), metadata={"mrisr_config": json.dumps({"format": good.config["format"]})})
+    huge = json.loads(json.dumps(good.config))
+    huge["network"]["channels"] = [8192, 8192, 8192]  # ~10^10 values: must not be allocated
+    save_file(weights, str(tmp_path / "huge.safetensors"), metadata={"mrisr_config": json.dumps(huge)})
+    torch.save({"config": good.config, "model": torch.zeros(3)}, tmp_path / "tensor.pt")
+    cases = {"nojson.safetensors": "not valid JSON", "nokeys.safetensors": "lacks the 'network' section",
+             "huge.safetensors": "describes a network of", "tensor.pt": "not a state dict"}
+    for name, phrase in cases.items():
+        result = run_mrisr("upsample", vol_path, "--plane", "in", "--factor", "2", "--method", "partdiff",
+                           "--model", tmp_path / name, cwd=tmp_path)
+        assert result.returncode == 2 and phrase in result.stderr, (name, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
