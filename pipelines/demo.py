@@ -165,6 +165,8 @@ def main() -> int:
     print(f"comparison: {png.resolve()} (middle plane: input, methods, reference)")
     if not args.full:
         print("the whole volume: .venv/bin/python pipelines/demo.py --full")
+    print("your own scans: .venv/bin/mrisr upsample SCAN --plane through --factor 6 "
+          "(or `source .venv/bin/activate`, then mrisr ...)")
     return 0
 
 
