@@ -231,7 +231,29 @@ def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{p} is not a NIfTI image (read as {type(img).__name__})")
     meta = {"format": "nifti", "stored_dtype": str(img.get_data_dtype())}
+    header = img.header
+    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        # no orientation stored: NIfTI's fallback is pixdim along RAS axes; with pixdim 0 there
+        # is no spacing either, and guessing 1 mm would be silently wrong geometry
+        zooms = _stored_pixdim(p, type(header))
+        if not (np.all(np.isfinite(zooms)) and np.all(zooms > 0)):
+            raise InputError(f"{p} stores no geometry: qform and sform codes are 0 and pixdim is "
+                             f"{tuple(float(z) for z in zooms)}; set the voxel size and orientation first")
+        logger.warning("%s stores no orientation (qform and sform codes 0): axes taken as RAS with voxel size "
+                       "%s mm from pixdim", p.name, " x ".join(f"{z:g}" for z in zooms))
+        meta["geometry"] = "pixdim only, no orientation"
     return data, np.asarray(img.affine, dtype=np.float64), meta
+
+
+def _stored_pixdim(p: Path, header_class: Any) -> np.ndarray:
+    """pixdim[1:4] as stored in the file (nibabel replaces zeros by 1 when it loads a header)."""
+    import gzip
+
+    opener: Any = gzip.open if p.name.lower().endswith(".gz") else open
+    with opener(p, "rb") as fh:
+        raw = fh.read(header_class.template_dtype.itemsize)
+    stored = header_class(raw, check=False)
+    return np.asarray(stored["pixdim"][1:4], dtype=np.float64)
 
 
 def _sitk_affine(image: Any) -> np.ndarray:
@@ -368,6 +390,10 @@ def _load_dicom_folder(folder: Path, uid: str | None, nonfinite: NonFinite) -> V
             listing = "; ".join(s.summary() for s in found)
             raise InputError(f"series {uid} is not in {folder}; found: {listing}")
         chosen = matches[0]
+    ds0 = pydicom.dcmread(chosen.files[0], stop_before_pixels=True)
+    if "ImageOrientationPatient" not in ds0:
+        raise InputError(f"DICOM series {chosen.uid} has no ImageOrientationPatient: its orientation is unknown, "
+                         "and reading it as axial could be wrong")
     _check_dicom_spacing(chosen)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
@@ -377,7 +403,7 @@ def _load_dicom_folder(folder: Path, uid: str | None, nonfinite: NonFinite) -> V
     except Exception as exc:
         raise InputError(f"DICOM series {chosen.uid} in {folder} is not readable: {_short(exc)}") from exc
     data, affine = _sitk_to_array(image, folder)
-    ds0 = pydicom.dcmread(chosen.files[0], stop_before_pixels=True)
+    affine, tilt_mm = _stack_affine(affine, chosen, pydicom)
     meta = {
         "format": "dicom",
         "path": str(folder),
@@ -388,7 +414,41 @@ def _load_dicom_folder(folder: Path, uid: str | None, nonfinite: NonFinite) -> V
         "slice_thickness_mm": float(getattr(ds0, "SliceThickness", 0.0) or 0.0),
         "stored_dtype": image.GetPixelIDTypeAsString(),
     }
+    if tilt_mm:
+        meta["sheared_stack_mm_per_slice"] = tilt_mm
     return _finish(data, affine, meta, folder, nonfinite)
+
+
+def _stack_affine(affine: np.ndarray, series: DicomSeries, pydicom: Any) -> tuple[np.ndarray, float]:
+    """The affine with its slice column taken from the ImagePositionPatient steps themselves.
+
+    ITK assumes the slices step along the normal of ImageOrientationPatient. A stack acquired
+    with gantry tilt (or otherwise sheared) steps obliquely: its true affine has a slice column
+    that is not orthogonal to the in-plane ones. That repair is well defined (the positions say
+    where each slice is), so it is made, with one warning naming it; the NIfTI output then keeps
+    the shear in its sform alone (mrisr.io.save_volume).
+
+    Returns:
+        The affine, and the in-plane offset per slice in mm (0.0 when the stack is not sheared).
+    """
+    if series.n_slices < 2:
+        return affine, 0.0
+    first = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+    last = pydicom.dcmread(series.files[-1], stop_before_pixels=True)
+    step_lps = (_position(last) - _position(first)) / (series.n_slices - 1)
+    step = _LPS_TO_RAS[:3, :3] @ step_lps
+    column = affine[:3, 2]
+    normal = column / np.linalg.norm(column)
+    along = float(np.dot(step, normal))
+    across = step - along * normal
+    tilt = float(np.linalg.norm(across))
+    if tilt <= max(1e-3, 1e-3 * abs(along)):
+        return affine, 0.0
+    out = affine.copy()
+    out[:3, 2] = step
+    logger.warning("DICOM series %s is a sheared stack (each slice shifted %.3f mm in-plane, e.g. gantry tilt): "
+                   "its affine keeps the shear", series.uid, tilt)
+    return out, tilt
 
 
 def _check_dicom_spacing(series: DicomSeries) -> None:
@@ -535,6 +595,14 @@ def _atomic_write(path: Path, write: Any, suffix: str, overwrite: bool = True) -
             os.unlink(tmp)
 
 
+def _is_sheared(affine: np.ndarray, tol: float = 1e-4) -> bool:
+    """Whether the voxel axes of ``affine`` are not mutually orthogonal (relative tolerance)."""
+    cols = np.asarray(affine, dtype=np.float64)[:3, :3]
+    unit = cols / np.linalg.norm(cols, axis=0, keepdims=True)
+    gram = unit.T @ unit
+    return bool(np.abs(gram - np.eye(3)).max() > tol)
+
+
 def save_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``volume`` as float32 NIfTI with qform and sform set to its affine, atomically.
 
@@ -550,7 +618,12 @@ def save_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False
     if out.exists() and not overwrite:
         raise OutputError(f"output {out} exists; pass --overwrite to replace it")
     img = nib.Nifti1Image(np.asarray(volume.data, dtype=np.float32), volume.affine)
-    img.set_qform(volume.affine, code=1)  # scanner-anatomical
+    if _is_sheared(volume.affine):
+        # the qform holds a rotation and voxel sizes only; a sheared affine (e.g. a DICOM stack
+        # tilted against its slices) lives in the sform alone, so no reader sees two geometries
+        img.set_qform(None, code=0)
+    else:
+        img.set_qform(volume.affine, code=1)  # scanner-anatomical
     img.set_sform(volume.affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
     img.header["descrip"] = b"mrisr"

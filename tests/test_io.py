@@ -258,3 +258,54 @@ def test_complex_and_rgb_nifti_are_refused_with_one_clear_line(tmp_path):
         load_volume(tmp_path / "c.nii.gz")
     with pytest.raises(InputError, match="RGB / multi-component voxels"):
         load_volume(tmp_path / "rgb.nii.gz")
+
+
+def test_sheared_affines_live_in_the_sform_alone(tmp_path):
+    affine = make_affine("LPS")
+    affine[:3, 2] += 0.3 * affine[:3, 0]  # a slice axis tilted against the in-plane axes
+    out = save_volume(Volume(np.ones((4, 3, 2), np.float32), affine), tmp_path / "shear.nii.gz")
+    hdr = nib.load(out).header
+    assert int(hdr["qform_code"]) == 0 and int(hdr["sform_code"]) == 1
+    np.testing.assert_allclose(hdr.get_sform(), affine, atol=1e-5)
+    np.testing.assert_allclose(load_volume(out).affine, affine, atol=1e-5)
+    plain = save_volume(Volume(np.ones((4, 3, 2), np.float32), make_affine("LPS")), tmp_path / "plain.nii.gz")
+    assert int(nib.load(plain).header["qform_code"]) == 1
+
+
+def test_a_nifti_without_any_geometry_is_refused(tmp_path):
+    img = nib.Nifti1Image(np.ones((4, 3, 2), np.float32), None)
+    img.header.set_zooms((0.0, 0.0, 0.0))
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+    nib.save(img, tmp_path / "nogeo.nii.gz")
+    with pytest.raises(InputError, match="stores no geometry"):
+        load_volume(tmp_path / "nogeo.nii.gz")
+
+
+@needs_prostatex
+def test_a_sheared_dicom_stack_keeps_its_shear_and_a_missing_orientation_is_refused(tmp_path):
+    import pydicom
+
+    src = prostatex_dicom("ProstateX-0218", 5)
+    series = list_dicom_series(src)[0]
+    original = load_volume(src)
+    row = np.asarray([float(v) for v in pydicom.dcmread(series.files[0]).ImageOrientationPatient[:3]])
+    sheared, bare = tmp_path / "sheared", tmp_path / "bare"
+    sheared.mkdir()
+    bare.mkdir()
+    for n, f in enumerate(series.files):
+        ds = pydicom.dcmread(f)
+        # each slice 0.5 mm further along the rows: a gantry-tilt-like stack
+        ds.ImagePositionPatient = [float(v) + 0.5 * n * r for v, r in zip(ds.ImagePositionPatient, row)]
+        ds.save_as(sheared / f"{n:03d}.dcm")
+        ds = pydicom.dcmread(f)
+        del ds.ImageOrientationPatient
+        ds.save_as(bare / f"{n:03d}.dcm")
+    vol = load_volume(sheared)
+    assert vol.metadata["sheared_stack_mm_per_slice"] == pytest.approx(0.5, abs=1e-3)
+    # the slice column gains the in-plane step; world positions of every voxel follow the files
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(vol.affine[:3, 2], original.affine[:3, 2] + lps_to_ras @ (0.5 * row), atol=1e-4)
+    np.testing.assert_allclose(vol.affine[:3, :2], original.affine[:3, :2], atol=1e-6)
+    with pytest.raises(InputError, match="no ImageOrientationPatient"):
+        load_volume(bare)
