@@ -40,8 +40,10 @@ def _int_at_least(text: str, name: str, minimum: int, error: type[MrisrError] = 
         value = int(text)
     except ValueError:
         raise error(f"{name} must be an integer >= {minimum}, got {text!r}") from None
-    if not minimum <= value <= maximum:
-        raise error(f"{name} must be an integer in {minimum}..{maximum}, got {text if len(text) < 30 else text[:27] + '...'}")
+    if value < minimum:
+        raise error(f"{name} must be an integer >= {minimum}, got {value}")
+    if value > maximum:
+        raise error(f"{name} must be an integer <= {maximum}, got {text if len(text) < 30 else text[:27] + '...'}")
     return value
 
 
