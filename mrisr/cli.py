@@ -420,13 +420,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"mrisr: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except MemoryError:
+        print("mrisr: error: out of memory; lower --batch-size, use a smaller factor or a GPU", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, _Terminated)
         print(f"mrisr: {'terminated (SIGTERM)' if terminated else 'interrupted'}; no partial output was left"
               + ("; mrisr train continues from its last checkpoint with --resume" if args.command == "train" else ""),
               file=sys.stderr)
         return 143 if terminated else 130
-    except Exception as exc:  # a bug in mrisr, not bad input
+    except Exception as exc:  # a bug in mrisr, not bad input -- but for a full disk
+        import errno
+
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" for {exc.filename}" if exc.filename else ""
+            print(f"mrisr: error: no space left on the device{where}; free space or write the output elsewhere "
+                  "(nothing partial was left)", file=sys.stderr)
+            return EXIT_USAGE
         if args.debug:
             traceback.print_exc()
         print(f"mrisr: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "

@@ -8,7 +8,7 @@ import torch
 
 from mrisr.errors import ConfigError
 
-__all__ = ["Device", "Precision", "resolve_device", "resolve_precision", "native_bf16"]
+__all__ = ["Device", "Precision", "resolve_device", "resolve_precision", "native_bf16", "available_memory"]
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "bf16", "fp32"]
@@ -51,3 +51,19 @@ def resolve_precision(precision: str | None, device: torch.device) -> Literal["b
     if precision not in ("bf16", "fp32"):
         raise ConfigError(f"precision must be auto, bf16 or fp32, got {precision!r}")
     return precision  # type: ignore[return-value]
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device``: free GPU memory, or the kernel's
+    MemAvailable on the CPU (None where it cannot be read)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from mrisr.devices import Device, resolve_device, resolve_precision
+from mrisr.devices import Device, available_memory, resolve_device, resolve_precision
 from mrisr.errors import ConfigError
 from mrisr.geometry import Plane, UpsamplingPlan, from_planes, plan_upsampling, to_planes
 from mrisr.interpolation import bicubic_upsample, bspline_upsample
@@ -41,6 +41,7 @@ __all__ = [
     "UpsampleResult",
     "upsample_volume",
     "plane_seed",
+    "fit_batch_size",
 ]
 
 logger = logging.getLogger(__name__)
@@ -308,6 +309,55 @@ def _build_regression(**kwargs: Any) -> PlaneUpsampler:
 # the volume loop
 
 
+# Peak memory, measured (docs/benchmarks.md): the `small` UNet (base width 32) in fp32 inference
+# takes 2.3-2.9 kB per output pixel of a plane (ru_maxrss at 320 x 320 and 640 x 640); scale by
+# the base width, with a margin. The volume loop holds the input, the mean (and with samples
+# the squared deviations) in float64 and the output volume: ~40 bytes per output voxel.
+_NET_BYTES_PER_PIXEL_PER_CHANNEL = 100
+_LOOP_BYTES_PER_VOXEL = 40
+# leave room for the rest of the process and the machine
+_MEMORY_FRACTION = 0.7
+
+
+def fit_batch_size(plan: UpsamplingPlan, upsampler: PlaneUpsampler, device: torch.device, batch_size: int,
+                   samples: int = 1) -> int:
+    """The batch size that fits the memory of ``device``, known before any work is done.
+
+    The requested batch is lowered (with a warning) when its planes would not fit; a job whose
+    volume or single plane does not fit at all is refused up front instead of being killed by
+    the out-of-memory killer half way (a native 320 x 320 axial scan in-plane x4 took 24 GB with
+    batches of 8 planes of 1280 x 1280).
+
+    Raises:
+        ConfigError: not even one plane (or the output volume) fits.
+    """
+    free = available_memory(device)
+    host = available_memory(torch.device("cpu")) if device.type == "cuda" else free
+    out_voxels = int(np.prod(plan.output_shape))
+    gib = 1024**3
+    if host is not None and out_voxels * _LOOP_BYTES_PER_VOXEL * (2 if samples > 1 else 1) > _MEMORY_FRACTION * host:
+        raise ConfigError(f"the output ({' x '.join(map(str, plan.output_shape))} voxels) needs about "
+                          f"{out_voxels * _LOOP_BYTES_PER_VOXEL / gib:.1f} GiB, but only {host / gib:.1f} GiB of "
+                          "memory is available; use a smaller factor or crop the volume")
+    model = getattr(upsampler, "model", None)
+    if model is None or free is None:
+        return batch_size
+    width = int(model.config["network"]["channels"][0])
+    h, w = (plan.output_shape[a] for a in plan.plane_axes)
+    per_plane = h * w * width * _NET_BYTES_PER_PIXEL_PER_CHANNEL
+    if getattr(upsampler, "start_model", None) is not None:
+        per_plane *= 2  # the regression start's output is held alongside
+    fits = int(_MEMORY_FRACTION * free // per_plane)
+    if fits < 1:
+        raise ConfigError(f"one {h} x {w} plane needs about {per_plane / gib:.1f} GiB on {device.type}, but only "
+                          f"{free / gib:.1f} GiB is available; use a smaller factor, a GPU, or free memory")
+    if fits < batch_size:
+        logger.warning("--batch-size %d lowered to %d: each %d x %d plane needs about %.1f GiB of the %.1f GiB "
+                       "available", batch_size, fits, h, w, per_plane / gib, free / gib)
+        return fits
+    return batch_size
+
+
 def plane_seed(seed: int, sample: int, plane: int) -> int:
     """The seed of one plane's generator: independent of the batch the plane runs in."""
     return int(np.random.SeedSequence([seed, sample, plane]).generate_state(1)[0])
@@ -384,6 +434,7 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     upsampler = spec.build(device=dev, seed=seed, plan=plan, **options)
     if samples > 1 and not upsampler.stochastic:
         raise ConfigError(f"--samples {samples} needs a stochastic method; {method} gives the same result every time")
+    batch_size = fit_batch_size(plan, upsampler, dev, batch_size, samples)
 
     start = time.perf_counter()
     data = volume.data

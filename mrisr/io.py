@@ -501,6 +501,15 @@ def check_output_path(output: str | os.PathLike, inputs: Sequence[str | os.PathL
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"output folder {folder} does not exist")
+    # the temporary written first has a longer name than the output: both must fit the file system
+    try:
+        name_max = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    longest = len(f".{out.name}{_TMP_MARK}{os.getpid()}-{'x' * 8}") + len(".nii.gz")
+    if longest > name_max:
+        raise OutputError(f"output name {out.name[:40]}... is too long: with its temporary suffix it exceeds the "
+                          f"{name_max} characters this file system allows; choose a shorter name")
     # os.access is no guide for root or read-only mounts: try creating a file there.
     try:
         fd, probe = tempfile.mkstemp(prefix=".mrisr-probe-", dir=folder)

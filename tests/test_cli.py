@@ -264,3 +264,24 @@ def test_library_messages_do_not_break_the_one_line_contract(tmp_path):
     assert "is not a readable image" in result.stderr
     debug = run_mrisr("info", header, "--debug", cwd=tmp_path)
     assert debug.returncode == 2 and "MetaImage" in debug.stderr
+
+
+def test_full_disk_out_of_memory_and_overlong_names_are_one_line_errors(tmp_path, small_volume, monkeypatch, capsys):
+    import errno
+
+    import mrisr.cli as cli
+    import mrisr.io as io
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out.nii.gz"))
+
+    monkeypatch.setattr(io, "save_volume", full)
+    monkeypatch.setattr(cli, "save_volume", full, raising=False)
+    code = cli.main(["upsample", str(small_volume), "--plane", "in", "--factor", "2", "--method", "bicubic",
+                     "-o", str(tmp_path / "out.nii.gz"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("mrisr: error: no space left") and len(err.strip().splitlines()) == 1
+    long_name = "x" * 240 + ".nii.gz"
+    result = run_mrisr("upsample", small_volume, "--plane", "in", "--factor", "2", "--method", "bicubic",
+                       "-o", tmp_path / long_name, cwd=tmp_path)
+    assert result.returncode == 2 and "too long" in result.stderr and len(result.stderr.strip().splitlines()) == 1
