@@ -232,13 +232,16 @@ def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         raise InputError(f"{p} is not a NIfTI image (read as {type(img).__name__})")
     meta = {"format": "nifti", "stored_dtype": str(img.get_data_dtype())}
     header = img.header
-    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
-        # no orientation stored: NIfTI's fallback is pixdim along RAS axes; with pixdim 0 there
-        # is no spacing either, and guessing 1 mm would be silently wrong geometry
+    if int(header["sform_code"]) == 0:
+        # without an sform the geometry comes from the qform or NIfTI's fallback, both scaled by
+        # pixdim; nibabel turns a stored 0 into 1 mm, which would be silently wrong geometry
         zooms = _stored_pixdim(p, type(header))
         if not (np.all(np.isfinite(zooms)) and np.all(zooms > 0)):
-            raise InputError(f"{p} stores no geometry: qform and sform codes are 0 and pixdim is "
-                             f"{tuple(float(z) for z in zooms)}; set the voxel size and orientation first")
+            which = "qform code " + str(int(header["qform_code"])) if int(header["qform_code"]) else "no qform"
+            raise InputError(f"{p} stores no usable geometry: sform code 0, {which}, and pixdim "
+                             f"{tuple(float(z) for z in zooms)}; set the voxel size first")
+    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        zooms = _stored_pixdim(p, type(header))
         logger.warning("%s stores no orientation (qform and sform codes 0): axes taken as RAS with voxel size "
                        "%s mm from pixdim", p.name, " x ".join(f"{z:g}" for z in zooms))
         meta["geometry"] = "pixdim only, no orientation"

@@ -15,7 +15,7 @@ from mrisr.errors import InputError, OutputError
 from mrisr.io import Volume, check_output_path, list_dicom_series, load_volume, output_stem, save_volume
 
 from conftest import (PROSTATEX, PROSTATEX_SERIES, make_affine, needs_prostatex, prostatex_dicom,
-                      prostatex_nifti)
+                      prostatex_nifti, run_mrisr)
 
 
 @needs_prostatex
@@ -258,6 +258,9 @@ def test_complex_and_rgb_nifti_are_refused_with_one_clear_line(tmp_path):
         load_volume(tmp_path / "c.nii.gz")
     with pytest.raises(InputError, match="RGB / multi-component voxels"):
         load_volume(tmp_path / "rgb.nii.gz")
+    for name in ("c.nii.gz", "rgb.nii.gz"):  # and through the real entry point
+        result = run_mrisr("info", tmp_path / name, cwd=tmp_path)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_sheared_affines_live_in_the_sform_alone(tmp_path):
@@ -278,8 +281,18 @@ def test_a_nifti_without_any_geometry_is_refused(tmp_path):
     img.set_qform(None, code=0)
     img.set_sform(None, code=0)
     nib.save(img, tmp_path / "nogeo.nii.gz")
-    with pytest.raises(InputError, match="stores no geometry"):
+    with pytest.raises(InputError, match="stores no usable geometry"):
         load_volume(tmp_path / "nogeo.nii.gz")
+    # a qform whose pixdim is 0 is no better: nibabel would read 1 mm
+    nib.save(nib.Nifti1Image(np.ones((4, 3, 2), np.float32), np.diag([0.5, 0.5, 3.0, 1.0])), tmp_path / "q.nii")
+    raw = bytearray((tmp_path / "q.nii").read_bytes())  # patch the stored header as a broken writer would
+    raw[80:92] = np.zeros(3, "<f4").tobytes()  # pixdim[1:4]
+    raw[252:256] = np.array([1, 0], "<i2").tobytes()  # qform_code 1, sform_code 0
+    (tmp_path / "qzero.nii").write_bytes(bytes(raw))
+    result = run_mrisr("upsample", tmp_path / "qzero.nii", "--plane", "in", "--factor", "2", "--method", "bicubic",
+                       cwd=tmp_path)
+    assert result.returncode == 2 and "no usable geometry" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @needs_prostatex
