@@ -5,9 +5,12 @@ world coordinates in RAS millimetres (the NIfTI convention), whatever the file f
 NIfTI through nibabel, NRRD / MHA / MHD and DICOM series through SimpleITK (whose LPS geometry
 is flipped to RAS here, once). Voxel values are kept in the input's units as float32.
 
-Writing is NIfTI only (``.nii`` / ``.nii.gz``, float32, qform and sform both set), through a
-temporary file in the target folder that is renamed into place, so a reader never sees half a
-file and an interrupted run leaves nothing behind.
+Writing is NIfTI only (``.nii`` / ``.nii.gz``, float32; sform set, and the qform too unless
+the affine is sheared), through a hidden temporary in the target folder that is published only
+when complete, so a reader never sees half a file. Ctrl-C and SIGTERM (through the CLI) remove
+the temporary; a SIGKILL cannot, so the temporary's name marks it as partial and carries the
+writer's process id, and the next write to the same output removes it once that process is
+gone. Outputs get the user's umask (or the replaced file's mode).
 """
 
 from __future__ import annotations
