@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import gzip
 import json
 import logging
 import os
@@ -253,8 +254,6 @@ def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
 
 def _stored_pixdim(p: Path, header_class: Any) -> np.ndarray:
     """pixdim[1:4] as stored in the file (nibabel replaces zeros by 1 when it loads a header)."""
-    import gzip
-
     opener: Any = gzip.open if p.name.lower().endswith(".gz") else open
     with opener(p, "rb") as fh:
         raw = fh.read(header_class.template_dtype.itemsize)
@@ -570,12 +569,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _atomic_write(path: Path, write: Any, suffix: str, overwrite: bool = True) -> None:
+def _atomic_write(path: Path, write: Any, overwrite: bool = True) -> None:
     """Write through a temporary file in the target folder, then publish it under ``path`` with
     the permissions of :func:`output_mode` (``mkstemp`` makes the temporary owner-only).
 
-    The temporary is ``.NAME.mrisr-partial-PID-XXXX<suffix>``: hidden, marked as partial, and
-    removed by the next write to the same output if its writer is gone. Without ``overwrite``
+    The temporary is ``.NAME.mrisr-partial-PID-XXXX``: hidden, with no image suffix (no
+    ``*.nii.gz`` pattern matches it), and removed by the next write to the same output if its
+    writer is gone. Without ``overwrite``
     the file is published by a hard link, which fails if another process created ``path`` in
     the meantime (no silent replacement in a race); with it, by an atomic rename. Any exception,
     KeyboardInterrupt and the CLI's SIGTERM included, removes the temporary.
@@ -584,8 +584,7 @@ def _atomic_write(path: Path, write: Any, suffix: str, overwrite: bool = True) -
         OutputError: ``overwrite`` is false and ``path`` appeared while writing.
     """
     _remove_stale_partials(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}{os.getpid()}-", suffix=suffix,
-                               dir=path.parent or ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}{os.getpid()}-", dir=path.parent or ".")
     os.close(fd)
     try:
         write(tmp)
@@ -642,8 +641,15 @@ def save_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False
     img.set_sform(volume.affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
     img.header["descrip"] = b"mrisr"
-    suffix = ".nii.gz" if lower.endswith(".nii.gz") else ".nii"
-    _atomic_write(out, lambda tmp: nib.save(img, tmp), suffix, overwrite=overwrite)
+    gz = lower.endswith(".nii.gz")
+
+    def write(tmp: str) -> None:
+        # bytes from nibabel, compressed here: the temporary's name carries no image suffix
+        blob = img.to_bytes()
+        with open(tmp, "wb") as fh:
+            fh.write(gzip.compress(blob, compresslevel=1) if gz else blob)
+
+    _atomic_write(out, write, overwrite=overwrite)
     logger.info("wrote %s", out)
     return out
 
@@ -657,7 +663,7 @@ def write_json(obj: Any, path: str | os.PathLike, overwrite: bool = True) -> Pat
             json.dump(obj, fh, indent=2, default=_json_default)
             fh.write("\n")
 
-    _atomic_write(out, write, ".json", overwrite=overwrite)
+    _atomic_write(out, write, overwrite=overwrite)
     return out
 
 

@@ -231,17 +231,17 @@ def test_publishing_never_replaces_a_file_that_appeared_meanwhile(tmp_path):
         out.write_text("theirs")  # another run published first
 
     with pytest.raises(OutputError, match="created by something else"):
-        _atomic_write(out, write, ".json", overwrite=False)
+        _atomic_write(out, write, overwrite=False)
     assert out.read_text() == "theirs"
     assert [p.name for p in tmp_path.iterdir()] == ["race.json"]  # no temporary left
-    _atomic_write(out, lambda tmp: Path(tmp).write_text("mine"), ".json", overwrite=True)
+    _atomic_write(out, lambda tmp: Path(tmp).write_text("mine"), overwrite=True)
     assert out.read_text() == "mine"
 
 
 def test_partials_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
     vol = Volume(np.ones((4, 3, 2), np.float32), np.eye(4))
-    dead = tmp_path / ".scan.nii.gz.mrisr-partial-999999999-x1.nii.gz"
-    live = tmp_path / f".scan.nii.gz.mrisr-partial-{os.getppid()}-x2.nii.gz"
+    dead = tmp_path / ".scan.nii.gz.mrisr-partial-999999999-x1"
+    live = tmp_path / f".scan.nii.gz.mrisr-partial-{os.getppid()}-x2"
     for p in (dead, live):
         p.write_bytes(b"partial")
     save_volume(vol, tmp_path / "scan.nii.gz")
