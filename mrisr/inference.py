@@ -47,7 +47,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-
 class PlaneUpsampler(Protocol):
     """What a method builds: a callable on plane batches that counts its network evaluations.
 
@@ -264,6 +263,9 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
             raise ConfigError(f"--k must be an integer in 1..{inferer.inference_schedule.num_steps}, got {k!r}")
         if sampler == "ancestral" and steps is not None and steps != k:
             raise ConfigError("for the ancestral sampler --steps is K itself; give --k or --steps, not both")
+        if loaded.objective == "partdiff" and k > inferer.k:
+            raise ConfigError(f"{loaded.path.name} is latent-aligned for K = {inferer.k}: it was trained for steps up "
+                              f"to {inferer.k} only, so --k must be at most {inferer.k}, got {k}")
     start_loaded = None
     if start not in (None, "lowres", "regression"):
         raise ConfigError(f"--start must be lowres or regression, got {start!r}")

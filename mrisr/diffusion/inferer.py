@@ -17,8 +17,7 @@ from monai.inferers import Inferer
 
 from mrisr.diffusion.objectives import OBJECTIVES, LossType, Objective, predict_noise, predict_regression, training_loss
 from mrisr.diffusion.samplers import (SAMPLERS, Clip, Generators, SamplerName, ancestral_sample, apply_clip,
-                                      condition_range,
-                                      ddim_sample, partial_start, randn)
+                                      condition_range, ddim_sample, partial_start, randn)
 from mrisr.diffusion.schedules import INFERENCE_SCHEDULE, TRAINING_SCHEDULE, NoiseSchedule
 from mrisr.errors import ConfigError
 
@@ -79,7 +78,8 @@ class PartialDiffusionInferer(Inferer):
             clip_denoised = "condition"
         if isinstance(clip_denoised, str) and clip_denoised not in ("condition", "off"):
             raise ConfigError(f"clip_denoised must be 'condition', 'off' or a number, got {clip_denoised!r}")
-        if not isinstance(clip_denoised, str) and (isinstance(clip_denoised, bool) or float(clip_denoised) <= 0):
+        if not isinstance(clip_denoised, str) and (not isinstance(clip_denoised, (int, float))
+                                                   or isinstance(clip_denoised, bool) or clip_denoised <= 0):
             raise ConfigError(f"clip_denoised must be a positive number, 'condition' or 'off', got {clip_denoised!r}")
         self.clip_denoised: float | str = clip_denoised if isinstance(clip_denoised, str) else float(clip_denoised)
         self.autocast_dtype = autocast_dtype
