@@ -21,7 +21,7 @@ import torch
 
 from mrisr.diffusion import NoiseSchedule, inference_schedule
 from mrisr.evaluation import psnr
-from mrisr.transforms import InPlaneDegrade, ThroughPlaneDegrade
+from mrisr.transforms import plane_degradation
 
 __all__ = ["ConvergenceCurve", "convergence_curve", "write_convergence_report"]
 
@@ -74,8 +74,7 @@ def convergence_curve(planes: list[np.ndarray], factor: int, kind: str = "in",
     PSNR uses the data range 2 of the normalised images.
     """
     schedule = schedule or inference_schedule()
-    degrade: Any = InPlaneDegrade(factor, blur_sigma_max=0.0) if kind == "in" else ThroughPlaneDegrade(factor)
-    fy, fx = (factor, factor) if kind == "in" else (factor, 1)
+    degrade, (fy, fx) = plane_degradation(kind, factor)
     gen = torch.Generator().manual_seed(seed)
     levels = schedule.noise_levels.numpy()
     sums_lr = np.zeros(len(levels))

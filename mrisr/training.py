@@ -39,7 +39,7 @@ from mrisr.errors import ConfigError, MrisrError
 from mrisr.evaluation import psnr, ssim
 from mrisr.models import model_config, save_model
 from mrisr.networks import SR3UNet, network_config
-from mrisr.transforms import PAIR_KINDS, InPlaneDegrade, ThroughPlaneDegrade
+from mrisr.transforms import PAIR_KINDS, plane_degradation
 
 # the data names stay importable from here (they moved to mrisr.data)
 __all__ = ["DEFAULTS", "load_config", "load_datalist", "read_datalist", "DataEntry", "PlaneBank", "batch_indices", "Trainer",
@@ -267,8 +267,7 @@ class Trainer:
                                            weight_decay=float(optim["weight_decay"]))
         self.step = 0
         self._stream: Any = None
-        cropper = PairCropper(task["pairs"], task["factor"], int(config["data"]["crop"]),
-                              task["blur_sigma_max"] if task["pairs"] == "in" else 0.0)
+        cropper = PairCropper(task["pairs"], task["factor"], int(config["data"]["crop"]), task["blur_sigma_max"])
         self.batches = PairBatches(self.train_bank.planes, cropper, int(optim["batch_size"]), self.seed,
                                    self.rank, self.world)
         self.model = self.network
@@ -429,8 +428,7 @@ class Trainer:
         if len(self.val_bank) == 0:
             return {}
         f = int(task["factor"])
-        degrade: Any = InPlaneDegrade(f, blur_sigma_max=0.0) if task["pairs"] == "in" else ThroughPlaneDegrade(f)
-        fh, fw = (f, f) if task["pairs"] == "in" else (f, 1)
+        degrade, (fh, fw) = plane_degradation("in" if task["pairs"] == "in" else "through", f)
         series: dict[str, list[int]] = {}
         for i, source in enumerate(self.val_bank.sources):
             series.setdefault(source, []).append(i)

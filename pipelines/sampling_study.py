@@ -30,7 +30,7 @@ from mrisr.data import PlaneBank, load_datalist
 from mrisr.devices import resolve_device, resolve_precision
 from mrisr.evaluation import psnr, spectral_error, ssim
 from mrisr.models import load_model
-from mrisr.transforms import InPlaneDegrade, ThroughPlaneDegrade
+from mrisr.transforms import plane_degradation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,8 +56,7 @@ def main() -> int:
     if kind == "through":
         val = [e for e in val if e.plane in (None, "cor", "sag")]
     bank = PlaneBank(val, kind, 0.5, 99.5)
-    degrade = InPlaneDegrade(factor, 0.0) if kind == "in" else ThroughPlaneDegrade(factor)
-    fh, fw = (factor, factor) if kind == "in" else (factor, 1)
+    degrade, (fh, fw) = plane_degradation(kind, factor)
     picks: list[int] = []
     for source in dict.fromkeys(bank.sources):
         idx = [i for i, s in enumerate(bank.sources) if s == source]

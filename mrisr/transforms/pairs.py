@@ -39,6 +39,7 @@ __all__ = [
     "PairKind",
     "PAIR_KINDS",
     "training_planes",
+    "plane_degradation",
     "gaussian_blur",
     "InPlaneDegrade",
     "InPlanePaird",
@@ -185,6 +186,15 @@ class ThroughPlaneDegrade(Transform):
         out = bicubic_upsample(self.lowres(batched), (self.factor, 1))
         out = out[0] if x.ndim == 3 else out
         return _like(out.to(x.dtype), was_tensor)
+
+
+def plane_degradation(kind: str, factor: int) -> tuple[Transform, tuple[int, int]]:
+    """The deterministic degradation that validation, benchmarks and analyses apply to ``kind``
+    planes (in-plane: anti-aliased bicubic, no blur; otherwise: ``factor`` rows averaged), and
+    the factors along ``(rows, columns)`` that plane sizes must be multiples of."""
+    if kind == "in":
+        return InPlaneDegrade(factor, blur_sigma_max=0.0), (factor, factor)
+    return ThroughPlaneDegrade(factor), (factor, 1)
 
 
 class _PairDict(MapTransform):
