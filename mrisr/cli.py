@@ -363,21 +363,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     bank = PlaneBank(entries, kind, 0.5, 99.5)
     start, start_name = None, "LR"
     if args.start_model is not None:
-        import torch
+        import functools
 
-        from mrisr.models import load_model
+        from mrisr.models import load_start_model
 
         if not Path(args.start_model).is_file():
             raise InputError(f"--start-model not found: {args.start_model}")
-        reg = load_model(args.start_model)
-        if reg.objective != "regression" or reg.plane != args.plane or reg.factor not in factors:
-            raise ConfigError(f"--start-model {reg.path.name} must be a regression model for --plane {args.plane} "
-                              f"and one of the factors ({reg.objective}, --plane {reg.plane} --factor {reg.factor})")
+        reg = load_start_model(args.start_model, args.plane, None)
+        if reg.factor not in factors:
+            raise ConfigError(f"--start-model {reg.path.name} serves --factor {reg.factor}, not "
+                              f"{' or '.join(map(str, factors))}")
         factors = [reg.factor]
-
-        def start(lowres: torch.Tensor) -> torch.Tensor:
-            return reg.inferer.sample(lowres, reg.network, method="regression")
-
+        start = functools.partial(reg.inferer.sample, network=reg.network, method="regression")
         start_name = "regression"
     curves = [convergence_curve(bank.planes, f, kind, tolerance_db=tolerance, seed=seed, start=start,
                                 start_name=start_name) for f in factors]

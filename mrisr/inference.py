@@ -209,7 +209,7 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
                    k: int | None = None, start: str | None = None, start_model: str | None = None,
                    **_: Any) -> PlaneUpsampler:
     from mrisr.diffusion import SAMPLERS
-    from mrisr.models import default_model, load_model, shipped_models
+    from mrisr.models import default_model, load_model, load_start_model, shipped_models
 
     expected_sha256 = None
     # a model runs at the factor it was trained for, or at those the registry says it serves
@@ -272,16 +272,7 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     if start == "regression":
         if method != "partdiff":
             raise ConfigError("--start regression applies to --method partdiff only")
-        if start_model is None:
-            shipped_start = default_model("regression", plan.plane, plan.factor)
-            start_loaded = load_model(shipped_start.path, device=device, autocast_dtype=dtype,
-                                      expected_sha256=shipped_start.sha256)
-        else:
-            start_loaded = load_model(start_model, device=device, autocast_dtype=dtype)
-        if start_loaded.objective != "regression" or (start_loaded.plane, start_loaded.factor) != (plan.plane,
-                                                                                                   plan.factor):
-            raise ConfigError(f"--start-model {start_loaded.path.name} must be a regression model for --plane "
-                              f"{plan.plane} --factor {plan.factor}")
+        start_loaded = load_start_model(start_model, plan.plane, plan.factor, device=device, autocast_dtype=dtype)
     elif start_model is not None:
         raise ConfigError("--start-model needs --start regression")
     norm = loaded.config.get("normalisation", {})

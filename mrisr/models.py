@@ -284,3 +284,29 @@ def default_model(method: str, plane: str, factor: int) -> ShippedModel:
     listing = "; ".join(offered) if offered else "none yet"
     raise ConfigError(f"no default {method} model ships for --plane {plane} --factor {factor} (shipped: "
                       f"{listing}); pass --model PATH with a model trained by mrisr train, or --method bicubic")
+
+
+def load_start_model(path: str | os.PathLike | None, plane: str, factor: int | None,
+                     device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None) -> LoadedModel:
+    """The regression model whose output partial diffusion starts from (``--start regression``).
+
+    Args:
+        path: a model file, or None for the shipped regression model of ``plane`` and ``factor``.
+        plane: the plane it must serve.
+        factor: the factor it must serve (None: any; the caller then uses the model's own).
+
+    Raises:
+        ConfigError: no shipped model for the combination, or the file is not a regression model
+            for it.
+    """
+    if path is None:
+        if factor is None:
+            raise ConfigError("a shipped start model needs a factor")
+        shipped = default_model("regression", plane, factor)
+        return load_model(shipped.path, device=device, autocast_dtype=autocast_dtype, expected_sha256=shipped.sha256)
+    loaded = load_model(path, device=device, autocast_dtype=autocast_dtype)
+    if loaded.objective != "regression" or loaded.plane != plane or factor not in (None, loaded.factor):
+        wanted = f"--plane {plane}" + (f" --factor {factor}" if factor is not None else "")
+        raise ConfigError(f"--start-model {loaded.path.name} must be a regression model for {wanted} (it is "
+                          f"{loaded.objective}, --plane {loaded.plane} --factor {loaded.factor})")
+    return loaded

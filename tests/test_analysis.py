@@ -62,3 +62,10 @@ def test_analyze_convergence_cli(tmp_path):
     assert curve["factor"] == 6 and curve["kind"] == "through" and curve["n_planes"] == 19 + 23
     assert 10 < curve["meeting_k"] < 60
     assert (tmp_path / "conv" / "convergence.png").exists()
+    # a start model of the wrong kind is one line, exit 2
+    from mrisr.models import default_model
+
+    wrong = run_mrisr("analyze", "convergence", REPO / "configs" / "prostatex.json", "--plane", "through",
+                      "--start-model", default_model("partdiff", "through", 6).path, "-o", tmp_path / "conv2")
+    assert wrong.returncode == 2 and "must be a regression model" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
