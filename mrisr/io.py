@@ -245,7 +245,6 @@ def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
             raise InputError(f"{p} stores no usable geometry: sform code 0, {which}, and pixdim "
                              f"{tuple(float(z) for z in zooms)}; set the voxel size first")
     if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
-        zooms = _stored_pixdim(p, type(header))
         logger.warning("%s stores no orientation (qform and sform codes 0): axes taken as RAS with voxel size "
                        "%s mm from pixdim", p.name, " x ".join(f"{z:g}" for z in zooms))
         meta["geometry"] = "pixdim only, no orientation"
@@ -408,7 +407,7 @@ def _load_dicom_folder(folder: Path, uid: str | None, nonfinite: NonFinite) -> V
     except Exception as exc:
         raise InputError(f"DICOM series {chosen.uid} in {folder} is not readable: {_short(exc)}") from exc
     data, affine = _sitk_to_array(image, folder)
-    affine, tilt_mm = _stack_affine(affine, chosen, pydicom)
+    affine, tilt_mm = _stack_affine(affine, chosen, ds0)
     meta = {
         "format": "dicom",
         "path": str(folder),
@@ -424,7 +423,7 @@ def _load_dicom_folder(folder: Path, uid: str | None, nonfinite: NonFinite) -> V
     return _finish(data, affine, meta, folder, nonfinite)
 
 
-def _stack_affine(affine: np.ndarray, series: DicomSeries, pydicom: Any) -> tuple[np.ndarray, float]:
+def _stack_affine(affine: np.ndarray, series: DicomSeries, first: Any) -> tuple[np.ndarray, float]:
     """The affine with its slice column taken from the ImagePositionPatient steps themselves.
 
     ITK assumes the slices step along the normal of ImageOrientationPatient. A stack acquired
@@ -433,12 +432,18 @@ def _stack_affine(affine: np.ndarray, series: DicomSeries, pydicom: Any) -> tupl
     where each slice is), so it is made, with one warning naming it; the NIfTI output then keeps
     the shear in its sform alone (mrisr.io.save_volume).
 
+    Args:
+        affine: ITK's affine of the series (RAS).
+        series: the series, files sorted along the slice normal.
+        first: the header of its first file, already read.
+
     Returns:
         The affine, and the in-plane offset per slice in mm (0.0 when the stack is not sheared).
     """
+    import pydicom
+
     if series.n_slices < 2:
         return affine, 0.0
-    first = pydicom.dcmread(series.files[0], stop_before_pixels=True)
     last = pydicom.dcmread(series.files[-1], stop_before_pixels=True)
     step_lps = (_position(last) - _position(first)) / (series.n_slices - 1)
     step = _LPS_TO_RAS[:3, :3] @ step_lps
