@@ -173,6 +173,9 @@ def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank, stream]).generate_state(1)[0])
 
 
+AUGMENTATIONS = ("flips", "dihedral")
+
+
 def _pad_to(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
     """Reflect-pad ``(C, H, W)`` symmetrically along ``dim`` (1 or 2) up to ``size``."""
     short = size - x.shape[dim]
@@ -198,11 +201,20 @@ class PairCropper:
         factor: the upsampling factor.
         crop: side of the square crop (a multiple of the factor along degraded axes).
         blur_sigma_max: in-plane pairs only: Gaussian blur sigma ~ U(0, max) in LR pixels.
+        augment: ``"flips"`` (left-right always; up-down where rows are not the fixed S-I
+            order of in-plane slices) or ``"dihedral"``: in-plane pairs also turned by
+            multiples of 90 degrees and flipped up-down, all eight symmetries of the square,
+            which the isotropic in-plane degradation commutes with (through-plane pairs stay
+            with flips: their degradation runs along rows only).
     """
 
-    def __init__(self, kind: str, factor: int, crop: int, blur_sigma_max: float = 0.0) -> None:
+    def __init__(self, kind: str, factor: int, crop: int, blur_sigma_max: float = 0.0,
+                 augment: str = "flips") -> None:
         if kind not in PAIR_KINDS:
             raise ConfigError(f"pair kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
+        if augment not in AUGMENTATIONS:
+            raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
+        self.augment = augment
         self.kind = kind
         self.factor = int(factor)
         self.crop = int(crop)
@@ -245,6 +257,12 @@ class PairCropper:
             pair = pair.flip(-1)
         if self.kind != "in" and rng.random() < 0.5:
             pair = pair.flip(-2)
+        if self.kind == "in" and self.augment == "dihedral":
+            # drawn after the flips so a "flips" run's random stream is unchanged
+            turns, flip_rows = int(rng.integers(0, 4)), bool(rng.random() < 0.5)
+            if flip_rows:
+                pair = pair.flip(-2)
+            pair = torch.rot90(pair, turns, dims=(-2, -1))
         return pair[0].contiguous(), pair[1].contiguous()
 
 

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mrisr.data import (DataEntry, PairBatches, PairCropper, PlaneBank, batch_indices, load_datalist, read_datalist,
-                        step_seed)
+from mrisr.data import (AUGMENTATIONS, DataEntry, PairBatches, PairCropper, PlaneBank, batch_indices, load_datalist,
+                        read_datalist, step_seed)
 from mrisr.devices import resolve_device, resolve_precision
 from mrisr.diffusion import INFERENCE_SCHEDULE, OBJECTIVES, TRAINING_SCHEDULE, PartialDiffusionInferer
 from mrisr.errors import ConfigError, MrisrError
@@ -54,7 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "k_noise_level": 0.25,
     "task": {"plane": "in", "factor": 4, "pairs": "in", "blur_sigma_max": 1.5},
     "data": {"datalist": None, "glob": None, "validation_glob": None, "planes": None,
-             "normalisation": {"kind": "robust", "lower": 0.5, "upper": 99.5}, "crop": 96, "num_workers": 0},
+             "normalisation": {"kind": "robust", "lower": 0.5, "upper": 99.5}, "crop": 96, "num_workers": 0,
+             "augment": "flips"},
     "network": {"preset": "small"},
     "schedules": {"train": dict(TRAINING_SCHEDULE), "inference": dict(INFERENCE_SCHEDULE)},
     "optim": {"lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "grad_accum": 1, "ema_decay": 0.999,
@@ -163,6 +164,8 @@ def _validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"optim.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {optim['lr_schedule']!r}")
     if not isinstance(optim["warmup_steps"], int) or optim["warmup_steps"] < 0:
         raise ConfigError(f"optim.warmup_steps must be an integer >= 0, got {optim['warmup_steps']!r}")
+    if config["data"]["augment"] not in AUGMENTATIONS:
+        raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {config['data']['augment']!r}")
     workers = config["data"]["num_workers"]
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"data.num_workers must be an integer >= 0, got {workers!r}")
@@ -267,7 +270,8 @@ class Trainer:
                                            weight_decay=float(optim["weight_decay"]))
         self.step = 0
         self._stream: Any = None
-        cropper = PairCropper(task["pairs"], task["factor"], int(config["data"]["crop"]), task["blur_sigma_max"])
+        cropper = PairCropper(task["pairs"], task["factor"], int(config["data"]["crop"]), task["blur_sigma_max"],
+                              config["data"]["augment"])
         self.batches = PairBatches(self.train_bank.planes, cropper, int(optim["batch_size"]), self.seed,
                                    self.rank, self.world)
         self.model = self.network

@@ -75,3 +75,41 @@ def test_batches_depend_on_the_step_alone_and_match_in_dataloader_workers():
         torch.testing.assert_close(cond, ref_cond, rtol=0, atol=0)
     # the planes drawn are the batch_indices of that step
     assert len(batch_indices(11, 0, 1, 3, len(planes), 7)) == 3
+
+
+class _DrawRng(_FixedRng):
+    """Given integer draws (window units, then turns) and a value for every ``random()``."""
+
+    def __init__(self, starts: list[int], coin: float):
+        super().__init__(starts)
+        self.coin = coin
+
+    def random(self):
+        return self.coin
+
+
+@pytest.mark.parametrize("turns,flip_rows", [(0, True), (1, False), (2, True), (3, False), (3, True)])
+def test_dihedral_augmentation_is_a_symmetry_of_the_in_plane_degradation(turns, flip_rows):
+    """Each of the eight turns / flips commutes with the in-plane degradation on a grid-sized
+    plane, and a dihedral pair is that transform of the pair "flips" draws with the same rng."""
+    plane = torch.from_numpy(_smooth_plane(96, 96, seed=3))[None, None]
+    degrade = InPlaneDegrade(4, 0.0)
+
+    def g(x):
+        return torch.rot90(x.flip(-2) if flip_rows else x, turns, dims=(-2, -1))
+
+    np.testing.assert_allclose(degrade(g(plane)).numpy(), g(degrade(plane)).numpy(), rtol=0, atol=1e-5)
+    coin = 0.2 if flip_rows else 0.9  # < 0.5 also flips left-right, in both croppers
+    hr_f, cond_f = PairCropper("in", 4, 48)(plane[0, 0].numpy(), _DrawRng([3, 5], coin))
+    hr_d, cond_d = PairCropper("in", 4, 48, augment="dihedral")(plane[0, 0].numpy(), _DrawRng([3, 5, turns], coin))
+    np.testing.assert_array_equal(hr_d.numpy(), g(hr_f).numpy())
+    np.testing.assert_array_equal(cond_d.numpy(), g(cond_f).numpy())
+
+
+def test_through_plane_pairs_are_never_turned_and_unknown_augmentations_are_refused():
+    plane = _smooth_plane(120, 90, seed=4)
+    hr_f, _ = PairCropper("through", 6, 48)(plane, np.random.default_rng(5))
+    hr_d, _ = PairCropper("through", 6, 48, augment="dihedral")(plane, np.random.default_rng(5))
+    np.testing.assert_array_equal(hr_f.numpy(), hr_d.numpy())
+    with pytest.raises(ConfigError, match="data.augment"):
+        PairCropper("in", 4, 48, augment="rotate")
