@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 # Both create .venv at the repo root when it is missing: torch (pinned CPU-friendly build)
-# first, so that nothing pulls a multi-GB CUDA build, then mrisr with its test and demo extras.
+# first, so that nothing pulls a multi-GB CUDA build, then mrisr with its test, demo and bundle extras.
 
 PYTHON ?= python3
 VENV := .venv
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[test,demo]'
+	$(PY) -m pip install --quiet -e '.[test,demo,bundle]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

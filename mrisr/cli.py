@@ -159,6 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("-o", "--output", default="convergence", help="output folder (default ./convergence)")
     conv.add_argument("--seed", default="0")
     _common(conv)
+
+    bu = sub.add_parser("export-bundle", help="write a model as a MONAI bundle (model-zoo layout)",
+                        description="Write a shipped or own model as a MONAI bundle that `python -m monai.bundle "
+                                    "run --config_file OUT_DIR/configs/inference.json --dataset_dir IN "
+                                    "--output_dir OUT` runs on whole volumes (docs/bundle.md).")
+    bu.add_argument("out_dir", metavar="OUT_DIR", help="the bundle folder to create")
+    bu.add_argument("--model", help="a shipped model's registry name (mrisr/weights/registry.json) or a "
+                    ".safetensors file of mrisr train; default: the shipped model of --method/--plane/--factor")
+    bu.add_argument("--method", choices=["partdiff", "sr3", "regression"],
+                    help="what the bundle runs (default: what the model serves; partdiff for --plane/--factor)")
+    bu.add_argument("--plane", choices=["in", "through"], help="with --factor, chooses the shipped model")
+    bu.add_argument("--factor", help="with --plane, chooses the shipped model")
+    bu.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    _common(bu)
     return parser
 
 
@@ -385,7 +399,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"upsample": cmd_upsample, "info": cmd_info, "train": cmd_train, "analyze": cmd_analyze}
+def cmd_export_bundle(args: argparse.Namespace) -> int:
+    factor = _factor(args.factor) if args.factor is not None else None
+    if (args.plane is None) != (factor is None) and args.model is None:
+        raise ConfigError("--plane and --factor choose a shipped model together; give both, or --model")
+
+    from mrisr.bundle import export_bundle
+
+    out = export_bundle(args.out_dir, model=args.model, method=args.method, plane=args.plane, factor=factor,
+                        overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"wrote bundle {out}; run it with: python -m monai.bundle run --config_file "
+              f"{out / 'configs' / 'inference.json'} --dataset_dir IN --output_dir OUT")
+    return 0
+
+
+COMMANDS = {"upsample": cmd_upsample, "info": cmd_info, "train": cmd_train, "analyze": cmd_analyze,
+            "export-bundle": cmd_export_bundle}
 
 
 class _Terminated(KeyboardInterrupt):

@@ -204,16 +204,18 @@ class _Learned:
         return out
 
 
-def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, model: str | None = None,
+def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, model: Any = None,
                    sampler: str | None = None, steps: int | None = None, precision: Precision | None = None,
                    k: int | None = None, start: str | None = None, start_model: str | None = None,
                    **_: Any) -> PlaneUpsampler:
     from mrisr.diffusion import SAMPLERS
-    from mrisr.models import default_model, load_model, load_start_model, shipped_models
+    from mrisr.models import LoadedModel, default_model, load_model, load_start_model, shipped_models
 
     expected_sha256 = None
     # a model runs at the factor it was trained for, or at those the registry says it serves
-    if model is None:
+    if isinstance(model, LoadedModel):  # built in memory (a MONAI bundle's weights and config)
+        served = False
+    elif model is None:
         shipped = default_model(method, plan.plane, plan.factor)
         model, expected_sha256, served = str(shipped.path), shipped.sha256, True
         # the registry's sampler is the default whatever else is given; its step count only
@@ -227,7 +229,11 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
                      for m in shipped_models())
     precision = resolve_precision(precision, device)
     dtype = torch.bfloat16 if precision == "bf16" else None
-    loaded = load_model(model, device=device, autocast_dtype=dtype, expected_sha256=expected_sha256)
+    if isinstance(model, LoadedModel):
+        loaded = model
+        loaded.inferer.autocast_dtype = dtype  # the precision asked for, as load_model would set it
+    else:
+        loaded = load_model(model, device=device, autocast_dtype=dtype, expected_sha256=expected_sha256)
     if loaded.objective not in _OBJECTIVES_FOR[method]:
         raise ConfigError(f"--method {method} needs a model trained with objective "
                           f"{' or '.join(_OBJECTIVES_FOR[method])}, but {loaded.path.name} was trained for "
@@ -399,10 +405,11 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
         samples: how many stochastic samples to average; with ``samples > 1`` the result also
             holds their per-voxel standard deviation (an uncertainty map).
         progress: show a progress bar on stderr (it appears only after about a second).
-        options: for learned methods: ``model`` (path), ``sampler``, ``steps``, ``precision``;
-            for partdiff also ``k`` (the start step) and ``start="regression"`` (diffuse the
-            output of a regression model, ``start_model`` or the shipped one, instead of the
-            low-resolution image: a start closer to the high-resolution image).
+        options: for learned methods: ``model`` (a path, or a :class:`mrisr.models.LoadedModel`
+            built in memory), ``sampler``, ``steps``, ``precision``; for partdiff also ``k`` (the
+            start step) and ``start="regression"`` (diffuse the output of a regression model,
+            ``start_model`` or the shipped one, instead of the low-resolution image: a start
+            closer to the high-resolution image).
 
     Returns:
         The result, whose volume has the plan's output shape and affine.

@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,24 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", expe
             raise InputError(f"model {p} fails its checksum (sha256 {actual[:12]}..., expected "
                              f"{expected_sha256[:12]}...); reinstall mrisr")
     config, state = _read(p)
+    return build_model(config, state, p, device=device, autocast_dtype=autocast_dtype)
+
+
+def build_model(config: dict[str, Any], state: dict[str, torch.Tensor], path: str | os.PathLike,
+                device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None) -> LoadedModel:
+    """A model for inference from its mrisr config and state dict (what a model file holds;
+    a MONAI bundle holds them as ``configs/inference.json`` and ``models/model.pt``).
+
+    Args:
+        config: the model config (:func:`model_config`).
+        state: the network's weights.
+        path: where they came from (named in errors and reports).
+        device, autocast_dtype: as for :func:`load_model`.
+
+    Raises:
+        InputError: a config that does not build, or weights that do not fit it.
+    """
+    p = Path(path)
     if config.get("format") != FORMAT:
         raise InputError(f"{p} has model format {config.get('format')!r}; this mrisr reads {FORMAT}")
     for key in ("network", "inferer", "task"):
@@ -235,6 +253,7 @@ class ShippedModel:
         sampler, steps: what ``mrisr upsample`` runs when the user names neither (None: ancestral
             sampling from the model's own K).
         description: one line for docs and errors.
+        eval_metrics: what was measured on held-out data, with its protocol (docs/models.md).
     """
 
     name: str
@@ -247,6 +266,7 @@ class ShippedModel:
     sampler: str | None = None
     steps: int | None = None
     description: str = ""
+    eval_metrics: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def path(self) -> Path:
@@ -265,7 +285,8 @@ def shipped_models() -> list[ShippedModel]:
     return [ShippedModel(name=m["name"], file=m["file"], sha256=m["sha256"], methods=tuple(m["methods"]),
                          plane=m["plane"], factor=int(m["factor"]),
                          factors=tuple(int(f) for f in m.get("factors", [m["factor"]])),
-                         sampler=m.get("sampler"), steps=m.get("steps"), description=m.get("description", ""))
+                         sampler=m.get("sampler"), steps=m.get("steps"), description=m.get("description", ""),
+                         eval_metrics=dict(m.get("eval_metrics", {})))
             for m in blob.get("models", [])]
 
 

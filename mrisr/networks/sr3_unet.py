@@ -189,14 +189,14 @@ class SR3UNet(nn.Module):
 
         Args:
             x: ``(B, in_channels, H, W[, D])``: condition and noisy image concatenated.
-            noise_level: ``(B,)`` continuous noise levels ``sqrt(alpha_bar)``.
+            noise_level: ``(B,)`` continuous noise levels ``sqrt(alpha_bar)`` (or one for all).
 
         Returns:
             ``(B, out_channels, H, W[, D])``.
         """
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected (B, {self.in_channels}, spatial x{self.spatial_dims}), got {tuple(x.shape)}")
-        noise_level = noise_level.reshape(-1).to(x.device)
+        noise_level = torch.as_tensor(noise_level, device=x.device).reshape(-1)  # a number works too
         if noise_level.numel() == 1 and x.shape[0] > 1:
             noise_level = noise_level.expand(x.shape[0])
         size = x.shape[2:]
