@@ -313,7 +313,7 @@ def export_bundle(out_dir: str | os.PathLike, model: str | None = None, method: 
             raise OutputError(f"{out} exists and is not a bundle; refusing to replace it")
     parent = out.resolve().parent
     if not parent.is_dir():
-        raise OutputError(f"folder not found: {parent}")
+        raise OutputError(f"{'not a folder' if parent.exists() else 'folder not found'}: {parent}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write in {parent} (permission denied)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{_PARTIAL}{os.getpid()}-", dir=parent))
@@ -516,6 +516,18 @@ class VolumeWriter:
         return written
 
 
+def _reason(exc: BaseException) -> str:
+    """One line for a failed case: mrisr's own error where MONAI wrapped it ("applying
+    transform ..."), else the innermost cause."""
+    chain, seen = [exc], {id(exc)}
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and id(nxt) not in seen:
+        chain.append(nxt)
+        seen.add(id(nxt))
+    chosen = next((e for e in chain if isinstance(e, MrisrError)), chain[-1])
+    text = str(chosen).strip()
+    return text.splitlines()[0] if text else type(chosen).__name__
+
+
 class VolumeEvaluator:
     """Run the bundle over its dataset: each case loaded, super-resolved and written; a case
     that fails is reported in one line and skipped, and the run ends with exit code 2 if any
@@ -544,10 +556,11 @@ class VolumeEvaluator:
                 loaded = self.dataset[index]
                 result = self.inferer(loaded["image"])
                 row["outputs"] = [str(p) for p in self.postprocessing(result, item["name"])]
-                row.update({"method": result.method, "network_evaluations": result.network_evaluations,
-                            "output_shape": list(result.plan.output_shape)})
+                row.update({"method": result.method, "output_shape": list(result.plan.output_shape),
+                            "network_evaluations_per_plane": result.extras.get("steps"),
+                            "planes": result.plan.n_planes})
             except (MrisrError, OSError, ValueError, RuntimeError) as exc:
-                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                message = _reason(exc)
                 row.update({"status": "failed", "error": message})
                 print(f"mrisr bundle: skipped {item['image']}: {message}", file=sys.stderr)
             row["seconds"] = round(time.perf_counter() - t0, 2)

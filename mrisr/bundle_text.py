@@ -67,6 +67,8 @@ def readme(metadata: dict[str, Any], config: dict[str, Any], script_note: str | 
 
 ## Run it
 
+From the bundle folder (elsewhere, add `--bundle_root PATH_TO_BUNDLE`):
+
 ```bash
 python -m monai.bundle run --config_file configs/inference.json --dataset_dir IN --output_dir OUT
 ```

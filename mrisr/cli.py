@@ -410,7 +410,7 @@ def cmd_export_bundle(args: argparse.Namespace) -> int:
                         overwrite=args.overwrite)
     if not args.quiet:
         print(f"wrote bundle {out}; run it with: python -m monai.bundle run --config_file "
-              f"{out / 'configs' / 'inference.json'} --dataset_dir IN --output_dir OUT")
+              f"{out / 'configs' / 'inference.json'} --bundle_root {out} --dataset_dir IN --output_dir OUT")
     return 0
 
 
