@@ -44,10 +44,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mrisr.degradation import thick_slice_volume
 from mrisr.errors import MrisrError
 from mrisr.evaluation import psnr, spectral_error, ssim
-from mrisr.geometry import downsampled_affine, plan_upsampling, superior_inferior_axis
+from mrisr.geometry import plan_upsampling
 from mrisr.inference import upsample_volume
 from mrisr.io import Volume, load_volume
 from mrisr.transforms import robust_range
@@ -94,21 +93,11 @@ def _matches(name: str, run: MethodRun, plane: str) -> bool:
 
 
 def degrade(volume: Volume, plane: str, factor: int) -> tuple[Volume, int]:
-    """The simulated low-resolution volume and the axis ``mrisr upsample --axis`` must use:
-    the training degradations (mrisr.transforms / mrisr.degradation) applied to whole volumes."""
-    from mrisr.geometry import slice_axis
-    from mrisr.transforms import InPlaneDegrade
+    """The simulated low-resolution volume and the axis ``mrisr upsample --axis`` must use
+    (:func:`mrisr.transforms.simulate_lowres`, the training degradations on whole volumes)."""
+    from mrisr.transforms import simulate_lowres
 
-    if plane == "in":
-        axis = slice_axis(volume.affine)
-        moved = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume.data, axis, 0)))[:, None]
-        h, w = moved.shape[-2:]
-        moved = moved[..., : h - h % factor, : w - w % factor]
-        lr = InPlaneDegrade(factor, blur_sigma_max=0.0).lowres(moved)[:, 0].numpy()
-        factors = tuple(1 if a == axis else factor for a in range(3))
-        return volume.with_data(np.moveaxis(lr, 0, axis), downsampled_affine(volume.affine, factors)), axis  # type: ignore[arg-type]
-    axis = superior_inferior_axis(volume.affine)
-    return thick_slice_volume(volume, axis, factor), axis
+    return simulate_lowres(volume, plane, factor)
 
 
 def reference_on_grid(hr: Volume, plan_shape: tuple[int, ...]) -> np.ndarray:
