@@ -160,6 +160,30 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--seed", default="0")
     _common(conv)
 
+    ev = sub.add_parser("evaluate", help="downstream evaluations of super-resolution")
+    ev_sub = ev.add_subparsers(dest="evaluation", metavar="EVALUATION", parser_class=_Parser, required=True)
+    seg = ev_sub.add_parser("segmentation", help="zonal segmentation Dice vs factor (PartDiff Sec. 5.5.1, Fig. 14-15)",
+                            description="Degrade each volume, upsample it back with each method, segment the "
+                                        "original and every output with the same segmenter, and report Dice per "
+                                        "zone (PZ, TZ, whole gland) against the datalist's label, else against "
+                                        "the segmenter on the original (docs/downstream.md).")
+    seg.add_argument("datalist", help="decathlon-format JSON datalist; entries may name a 'label' map (0 "
+                     "background, 1 PZ, 2 TZ) on the image's grid")
+    seg.add_argument("--segmenter", required=True, help="a MONAI bundle folder (model-zoo layout) or an mrisr "
+                     "segmenter .safetensors (pipelines/train_zonal_segmenter.py)")
+    seg.add_argument("--label-map", help="the segmenter's labels as zones, e.g. 1=TZ,2=PZ (default: 1 PZ, 2 TZ)")
+    seg.add_argument("--plane", default="in", choices=["in", "through"])
+    seg.add_argument("--factors", nargs="+", help="factors (default: 2 4 8 in-plane, 6 through-plane)")
+    seg.add_argument("--methods", nargs="+", default=["bicubic", "bspline", "regression", "partdiff"],
+                     help="methods (default: bicubic bspline regression partdiff; learned ones run where a "
+                          "shipped model serves the factor)")
+    seg.add_argument("--split", default="all", choices=["training", "validation", "all"])
+    seg.add_argument("-o", "--out", default="segmentation_eval", help="output folder (default ./segmentation_eval)")
+    seg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    seg.add_argument("--batch-size", default="8", help="planes per network call (default 8)")
+    seg.add_argument("--seed", default="0")
+    _common(seg)
+
     bu = sub.add_parser("export-bundle", help="write a model as a MONAI bundle (model-zoo layout)",
                         description="Write a shipped or own model as a MONAI bundle that `python -m monai.bundle "
                                     "run --config_file OUT_DIR/configs/inference.json --dataset_dir IN "
@@ -399,6 +423,46 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    default = ["2", "4", "8"] if args.plane == "in" else ["6"]
+    factors = [_factor(f) for f in (args.factors or default)]
+    seed = _int_at_least(args.seed, "--seed", 0)
+    batch_size = _positive_int(args.batch_size, "--batch-size")
+
+    from tqdm.auto import tqdm
+
+    from mrisr.data import load_datalist
+    from mrisr.devices import resolve_device
+    from mrisr.downstream import evaluate_segmentation, write_segmentation_report
+    from mrisr.inference import get_method
+    from mrisr.segmentation import load_segmenter
+
+    for m in args.methods:
+        get_method(m)
+    device = resolve_device(args.device)
+    train, val = load_datalist(args.datalist)
+    entries = {"training": train, "validation": val, "all": train + val}[args.split]
+    if not entries:
+        raise InputError(f"{args.datalist} has no {args.split} entries")
+    segmenter = load_segmenter(args.segmenter, args.label_map, device=device)
+    total = len(entries) * len(factors) * len(args.methods)
+    with tqdm(total=total, desc="segmentation", unit="run", disable=args.quiet, delay=1.0, leave=False) as bar:
+        def progress(text: str) -> None:
+            bar.set_postfix_str(text, refresh=False)
+            bar.update(1)
+
+        result = evaluate_segmentation(entries, segmenter, args.plane, factors, args.methods, device=str(device),
+                                       seed=seed, batch_size=batch_size, progress=progress)
+    command = "mrisr " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("mrisr") else ""
+    paths = write_segmentation_report(result, args.out, segmenter.name, command=command)
+    for path, why in result.failures:
+        print(f"mrisr: error: {path}: {why} (skipped)", file=sys.stderr)
+    if not args.quiet:
+        print(paths["markdown"].read_text(), end="")
+        print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return EXIT_USAGE if result.failures else 0
+
+
 def cmd_export_bundle(args: argparse.Namespace) -> int:
     factor = _factor(args.factor) if args.factor is not None else None
     if (args.plane is None) != (factor is None) and args.model is None:
@@ -415,7 +479,7 @@ def cmd_export_bundle(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"upsample": cmd_upsample, "info": cmd_info, "train": cmd_train, "analyze": cmd_analyze,
-            "export-bundle": cmd_export_bundle}
+            "evaluate": cmd_evaluate, "export-bundle": cmd_export_bundle}
 
 
 class _Terminated(KeyboardInterrupt):

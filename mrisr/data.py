@@ -45,6 +45,7 @@ class DataEntry:
     patient: str
     plane: str | None = None
     series: str | None = None
+    label: str | None = None  # a label map on the image's grid (e.g. zonal labels), if the datalist names one
 
 
 def _entries(items: list[Any], base: Path, what: str) -> list[DataEntry]:
@@ -57,7 +58,10 @@ def _entries(items: list[Any], base: Path, what: str) -> list[DataEntry]:
         image = Path(item["image"])
         image = image if image.is_absolute() else (base / image)
         patient = str(item.get("patient") or image.parent.name)
-        out.append(DataEntry(str(image), patient, item.get("plane"), item.get("series")))
+        label = item.get("label")
+        if label is not None:
+            label = str(Path(label) if Path(label).is_absolute() else base / label)
+        out.append(DataEntry(str(image), patient, item.get("plane"), item.get("series"), label))
     return out
 
 
