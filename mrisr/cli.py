@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--seed", default="0", help="random seed of stochastic methods (default: 0)")
     up.add_argument("--nonfinite", default="error", choices=["error", "zero"],
                     help="NaN / Inf voxels: refuse the input (default) or replace them with 0")
+    up.add_argument("--no-clip", action="store_true", help="keep the raw output; by default the output of a "
+                    "non-negative (magnitude) input is clipped to the input's range")
     up.add_argument("--overwrite", action="store_true", help="replace an existing output")
     up.add_argument("--report", help="write a JSON report of the run here")
     _common(up)
@@ -259,14 +261,20 @@ def cmd_upsample(args: argparse.Namespace) -> int:
     result = upsample_volume(volume, args.plane, factor, axis=axis, method=args.method,
                              device=args.device, batch_size=batch_size, seed=seed, samples=samples,
                              progress=not args.quiet, model=args.model, sampler=args.sampler, steps=steps,
-                             precision=args.precision, k=k, start=args.start, start_model=args.start_model)
+                             precision=args.precision, k=k, start=args.start, start_model=args.start_model,
+                             clip=not args.no_clip)
     save_volume(result.volume, out, overwrite=args.overwrite)
     if std_out is not None and result.std_volume is not None:
         save_volume(result.std_volume, std_out, overwrite=args.overwrite)
     if report is not None:
         extra = {"std_output": str(std_out)} if std_out is not None else {}
-        write_json({"input": str(src), "output": str(out), **extra, **result.report()}, report,
-                   overwrite=args.overwrite)
+        import datetime
+        import shlex
+
+        write_json({"input": str(src), "output": str(out), **extra, **result.report(),
+                    "command": shlex.join(["mrisr", *_CURRENT_ARGV]),
+                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+                   report, overwrite=args.overwrite)
     if not args.quiet:
         evals = f", {result.network_evaluations} network evaluations" if result.network_evaluations else ""
         print(f"wrote {out} ({_fmt(result.plan.output_shape)} voxels of "
@@ -453,7 +461,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         result = evaluate_segmentation(entries, segmenter, args.plane, factors, args.methods, device=str(device),
                                        seed=seed, batch_size=batch_size, progress=progress)
-    command = "mrisr " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("mrisr") else ""
+    import shlex
+
+    command = shlex.join(["mrisr", *_CURRENT_ARGV])
     paths = write_segmentation_report(result, args.out, segmenter.name, command=command)
     for path, why in result.failures:
         print(f"mrisr: error: {path}: {why} (skipped)", file=sys.stderr)
@@ -491,9 +501,13 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
+_CURRENT_ARGV: list[str] = []  # the arguments of the running command (for reports)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _CURRENT_ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -132,6 +132,9 @@ class PlaneBank:
 
         self.planes: list[np.ndarray] = []
         self.sources: list[str] = []
+        #: per volume, the spacing (mm) along the axes its pairs degrade (both in-plane axes for
+        #: in-plane pairs, the superior-inferior in-plane axis for through-plane ones)
+        self.degraded_spacings: list[float] = []
         problems = []
         for entry in entries:
             reader = MrisrReader(series=entry.series)
@@ -143,6 +146,7 @@ class PlaneBank:
                 problems.append(f"{entry.image}: {reader.last_error or str(exc).splitlines()[0]}")
                 continue
             affine = image.affine.numpy()
+            self.degraded_spacings += _degraded_spacings(affine, kind)
             for plane in training_planes(image.numpy(), affine, kind):  # type: ignore[arg-type]
                 self.planes.append(plane)
                 self.sources.append(entry.image)
@@ -157,6 +161,19 @@ class PlaneBank:
 
     def __len__(self) -> int:
         return len(self.planes)
+
+
+def _degraded_spacings(affine: np.ndarray, kind: str) -> list[float]:
+    from mrisr.geometry import slice_axis, superior_inferior_axis, voxel_spacing
+
+    spacing = voxel_spacing(affine)
+    s = slice_axis(affine)
+    a, b = [ax for ax in range(3) if ax != s]
+    if kind == "in":
+        return [float(spacing[a]), float(spacing[b])]
+    if kind == "through":
+        return [float(spacing[superior_inferior_axis(affine, (a, b))])]
+    return [float(spacing[a]), float(spacing[b])]
 
 
 def batch_indices(step: int, rank: int, world: int, batch: int, n: int, seed: int) -> list[int]:

@@ -174,6 +174,9 @@ class _Learned:
     network_evaluations: int = 0
     intensity: tuple[float, float] | None = None
     stochastic: bool = True
+    model_name: str | None = None  # registry name of a shipped model, else the file name
+    model_sha256: str | None = None
+    input_spacing_mm: tuple[float, float] | None = None  # the LR spacing range it was trained for
 
     @property
     def steps_run(self) -> int:
@@ -234,6 +237,13 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
         loaded.inferer.autocast_dtype = dtype  # the precision asked for, as load_model would set it
     else:
         loaded = load_model(model, device=device, autocast_dtype=dtype, expected_sha256=expected_sha256)
+    shipped_entry = next((m for m in shipped_models() if m.path == loaded.path.resolve()), None)
+    defaults = loaded.config.get("defaults") or {}
+    if expected_sha256 is None and method == "partdiff" and sampler is None and defaults.get("sampler"):
+        # your own model: the default its file stores (the shipped models' rule, set by mrisr train)
+        sampler = defaults["sampler"]
+        if steps is None and defaults.get("steps") is not None:
+            steps = int(defaults["steps"]) if k is None else min(int(defaults["steps"]), k)
     if loaded.objective not in _OBJECTIVES_FOR[method]:
         raise ConfigError(f"--method {method} needs a model trained with objective "
                           f"{' or '.join(_OBJECTIVES_FOR[method])}, but {loaded.path.name} was trained for "
@@ -282,11 +292,19 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     elif start_model is not None:
         raise ConfigError("--start-model needs --start regression")
     norm = loaded.config.get("normalisation", {})
-    return _Learned(model=loaded, method=method, sampler=sampler, steps=steps, device=device, precision=precision,
-                    k=k, start_model=start_loaded,
-                    intensity=(float(norm.get("lower", 0.5)), float(norm.get("upper", 99.5))),
-                    # ancestral steps add noise; DDIM is deterministic given its noisy start
-                    stochastic=method != "regression")
+    learned = _Learned(model=loaded, method=method, sampler=sampler, steps=steps, device=device, precision=precision,
+                       k=k, start_model=start_loaded,
+                       intensity=(float(norm.get("lower", 0.5)), float(norm.get("upper", 99.5))),
+                       # ancestral steps add noise; DDIM is deterministic given its noisy start
+                       stochastic=method != "regression")
+    from mrisr.models import sha256 as file_sha256
+
+    learned.model_name = shipped_entry.name if shipped_entry else loaded.path.name
+    learned.model_sha256 = expected_sha256 or (shipped_entry.sha256 if shipped_entry else
+                                               (file_sha256(loaded.path) if loaded.path.is_file() else None))
+    spacing = loaded.config.get("input_spacing_mm") or (shipped_entry.input_spacing_mm if shipped_entry else None)
+    learned.input_spacing_mm = tuple(float(x) for x in spacing) if spacing else None
+    return learned
 
 
 @register_method("partdiff", "Partial Diffusion: start at step K from the diffused LR image (--model)", learned=True)
@@ -357,6 +375,37 @@ def fit_batch_size(plan: UpsamplingPlan, upsampler: PlaneUpsampler, device: torc
     return batch_size
 
 
+#: how far outside its training range an input's spacing may be before a warning
+SPACING_TOLERANCE = 1.5
+
+
+def _warn_outside_training_spacing(plan: UpsamplingPlan, trained: tuple[float, float] | None) -> None:
+    """One warning when the input's spacing along the upsampled axes is far from what the model
+    was trained for (e.g. the in-plane x4 model, trained on ~2.2 mm inputs, on a 0.6 mm scan)."""
+    if not trained:
+        return
+    axes = [a for a in range(3) if plan.axis_factors[a] > 1]
+    spacing = [plan.input_spacing[a] for a in axes]
+    lo, hi = trained
+    if min(spacing) < lo / SPACING_TOLERANCE or max(spacing) > hi * SPACING_TOLERANCE:
+        shown = " x ".join(f"{s:.3g}" for s in spacing)
+        logger.warning("this model was trained for inputs of %.3g-%.3g mm along the upsampled axes; this one has %s "
+                       "mm, so expect invented texture or little gain (docs/models.md)", lo, hi, shown)
+
+
+def _provenance(volume: Volume, method: str, plane: str, factor: int, extras: dict[str, Any]) -> dict[str, Any]:
+    """What made an output, for its header (no time stamp: the same run gives the same bytes)."""
+    from mrisr import __version__
+
+    prov: dict[str, Any] = {"software": "mrisr", "version": __version__, "method": method, "plane": plane,
+                            "factor": int(factor), "input": Path(str(volume.metadata.get("path", ""))).name or None}
+    for key in ("model_name", "model_sha256", "sampler", "steps", "k", "start", "seed", "samples", "precision",
+                "clipped_to_input_range"):
+        if extras.get(key) is not None:
+            prov["network_evaluations_per_plane" if key == "steps" else key] = extras[key]
+    return prov
+
+
 def plane_seed(seed: int, sample: int, plane: int) -> int:
     """The seed of one plane's generator: independent of the batch the plane runs in."""
     return int(np.random.SeedSequence([seed, sample, plane]).generate_state(1)[0])
@@ -377,7 +426,10 @@ class UpsampleResult:
 
     def report(self) -> dict[str, Any]:
         """The JSON report written by ``mrisr upsample --report``."""
+        from mrisr import __version__
+
         return {
+            "mrisr_version": __version__,
             "method": self.method,
             **self.plan.describe(),
             "axis": self.plan.slice_axis,
@@ -390,7 +442,8 @@ class UpsampleResult:
 
 def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None = None,
                     method: str = "bicubic", device: str = "cpu", batch_size: int = 8,
-                    seed: int = 0, samples: int = 1, progress: bool = False, **options: Any) -> UpsampleResult:
+                    seed: int = 0, samples: int = 1, progress: bool = False, clip: bool = True,
+                    **options: Any) -> UpsampleResult:
     """Upsample a volume in-plane or through-plane, one batch of 2D planes at a time.
 
     Args:
@@ -405,6 +458,9 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
         samples: how many stochastic samples to average; with ``samples > 1`` the result also
             holds their per-voxel standard deviation (an uncertainty map).
         progress: show a progress bar on stderr (it appears only after about a second).
+        clip: for inputs without negative values (magnitude images), clip the output to the
+            input's range: interpolation overshoot and sampling noise cannot make a magnitude
+            negative or brighter than the input (False keeps the raw output).
         options: for learned methods: ``model`` (a path, or a :class:`mrisr.models.LoadedModel`
             built in memory), ``sampler``, ``steps``, ``precision``; for partdiff also ``k`` (the
             start step) and ``start="regression"`` (diffuse the output of a regression model,
@@ -432,6 +488,7 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
                           "(those are for partdiff, sr3 and regression)")
     dev = resolve_device(device)
     upsampler = spec.build(device=dev, seed=seed, plan=plan, **options)
+    _warn_outside_training_spacing(plan, getattr(upsampler, "input_spacing_mm", None))
     if samples > 1 and not upsampler.stochastic:
         raise ConfigError(f"--samples {samples} needs a stochastic method; {method} gives the same result every time")
     batch_size = fit_batch_size(plan, upsampler, dev, batch_size, samples)
@@ -465,6 +522,9 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
                 bar.update(len(batch))
     if intensity is not None:
         mean = intensity.denormalise(mean)
+    clipped = bool(clip) and volume.data.size > 0 and float(volume.data.min()) >= 0.0
+    if clipped:
+        mean = np.clip(mean, float(volume.data.min()), float(volume.data.max()))
     std_volume = None
     if m2 is not None:
         std = np.sqrt(m2 / (samples - 1))  # sample standard deviation across the N samples
@@ -477,13 +537,22 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
                 plan.input_shape, plan.output_shape, seconds, upsampler.network_evaluations)
     out = volume.with_data(from_planes(mean, plan), plan.output_affine, mrisr_method=method, mrisr_plane=plane,
                            mrisr_factor=factor)
-    extras: dict[str, Any] = {}
+    extras: dict[str, Any] = {"clipped_to_input_range": clipped}
     if spec.learned:
-        extras = {"sampler": getattr(upsampler, "sampler", None), "steps": getattr(upsampler, "steps_run", None),
-                  "k": getattr(upsampler, "k", None),
-                  "start": "regression" if getattr(upsampler, "start_model", None) is not None else None,
-                  "seed": seed, "samples": samples, "model": str(upsampler.model.path),  # type: ignore[attr-defined]
-                  "precision": getattr(upsampler, "precision", None)}
+        extras.update({"sampler": getattr(upsampler, "sampler", None), "steps": getattr(upsampler, "steps_run", None),
+                       "k": getattr(upsampler, "k", None),
+                       "start": "regression" if getattr(upsampler, "start_model", None) is not None else None,
+                       "seed": seed, "samples": samples,
+                       "model": str(upsampler.model.path),  # type: ignore[attr-defined]
+                       "model_name": getattr(upsampler, "model_name", None),
+                       "model_sha256": getattr(upsampler, "model_sha256", None),
+                       "precision": getattr(upsampler, "precision", None)})
+    provenance = _provenance(volume, method, plane, factor, extras)
+    out.metadata["mrisr_provenance"] = {**provenance, "map": "mean" if samples > 1 else "image"}
+    if std_volume is not None:
+        std_volume.metadata["mrisr_provenance"] = {**{k: v for k, v in provenance.items()
+                                                      if k != "clipped_to_input_range"},
+                                                   "map": f"standard deviation of {samples} samples"}
     return UpsampleResult(volume=out, plan=plan, method=method, device=str(dev), seconds=seconds,
                           network_evaluations=int(upsampler.network_evaluations), std_volume=std_volume,
                           extras=extras)

@@ -236,6 +236,7 @@ def _read_nifti(p: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         raise InputError(f"{p} is not a NIfTI image (read as {type(img).__name__})")
     meta = {"format": "nifti", "stored_dtype": str(img.get_data_dtype())}
     header = img.header
+    meta["qform_code"], meta["sform_code"] = int(header["qform_code"]), int(header["sform_code"])
     if int(header["sform_code"]) == 0:
         # without an sform the geometry comes from the qform or NIfTI's fallback, both scaled by
         # pixdim; nibabel turns a stored 0 into 1 mm, which would be silently wrong geometry
@@ -637,15 +638,23 @@ def save_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False
     if out.exists() and not overwrite:
         raise OutputError(f"output {out} exists; pass --overwrite to replace it")
     img = nib.Nifti1Image(np.asarray(volume.data, dtype=np.float32), volume.affine)
+    # the input's codes (e.g. 2 aligned, 4 MNI) where it had them; 1 (scanner-anatomical) otherwise
+    sform_code = int(volume.metadata.get("sform_code") or volume.metadata.get("qform_code") or 1)
+    qform_code = int(volume.metadata.get("qform_code") or sform_code)
     if _is_sheared(volume.affine):
         # the qform holds a rotation and voxel sizes only; a sheared affine (e.g. a DICOM stack
         # tilted against its slices) lives in the sform alone, so no reader sees two geometries
         img.set_qform(None, code=0)
     else:
-        img.set_qform(volume.affine, code=1)  # scanner-anatomical
-    img.set_sform(volume.affine, code=1)
+        img.set_qform(volume.affine, code=qform_code)
+    img.set_sform(volume.affine, code=sform_code)
     img.header.set_xyzt_units("mm", "sec")
-    img.header["descrip"] = b"mrisr"
+    provenance = volume.metadata.get("mrisr_provenance")
+    img.header["descrip"] = _descrip(provenance).encode("ascii", "replace")[:79]
+    if provenance:
+        # the whole record as a JSON comment extension (NIfTI ecode 6), read back by read_provenance
+        text = json.dumps(provenance, sort_keys=True).encode("utf-8")
+        img.header.extensions.append(nib.nifti1.Nifti1Extension(6, text))
     gz = lower.endswith(".nii.gz")
 
     def write(tmp: str) -> None:
@@ -657,6 +666,35 @@ def save_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False
     _atomic_write(out, write, overwrite=overwrite)
     logger.info("wrote %s", out)
     return out
+
+
+def _descrip(provenance: dict[str, Any] | None) -> str:
+    """The header's 80-byte description: what made the image, shortest first."""
+    if not provenance:
+        return "mrisr"
+    parts = [f"mrisr {provenance.get('version', '')}".strip(), str(provenance.get("method", "")),
+             f"{provenance.get('plane', '')} x{provenance.get('factor', '')}"]
+    if provenance.get("model_sha256"):
+        parts.append(f"sha {str(provenance['model_sha256'])[:10]}")
+    if provenance.get("map", "image") != "image":
+        parts.insert(0, "STD MAP" if str(provenance["map"]).startswith("standard") else str(provenance["map"]))
+    return " ".join(p for p in parts if p)
+
+
+def read_provenance(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The provenance record mrisr wrote into a NIfTI's header extension (None if there is none)."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    for ext in getattr(img.header, "extensions", []):
+        if ext.get_code() == 6:
+            try:
+                record = json.loads(ext.get_content().decode("utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if isinstance(record, dict) and record.get("software") == "mrisr":
+                return record
+    return None
 
 
 def write_json(obj: Any, path: str | os.PathLike, overwrite: bool = True) -> Path:

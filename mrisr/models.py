@@ -254,6 +254,8 @@ class ShippedModel:
             sampling from the model's own K).
         description: one line for docs and errors.
         eval_metrics: what was measured on held-out data, with its protocol (docs/models.md).
+        input_spacing_mm: the range of low-resolution spacing (along the upsampled axes) it was
+            trained for; inputs far outside get a warning.
     """
 
     name: str
@@ -267,6 +269,7 @@ class ShippedModel:
     steps: int | None = None
     description: str = ""
     eval_metrics: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    input_spacing_mm: tuple[float, float] | None = None
 
     @property
     def path(self) -> Path:
@@ -286,7 +289,8 @@ def shipped_models() -> list[ShippedModel]:
                          plane=m["plane"], factor=int(m["factor"]),
                          factors=tuple(int(f) for f in m.get("factors", [m["factor"]])),
                          sampler=m.get("sampler"), steps=m.get("steps"), description=m.get("description", ""),
-                         eval_metrics=dict(m.get("eval_metrics", {})))
+                         eval_metrics=dict(m.get("eval_metrics", {})),
+                         input_spacing_mm=tuple(m["input_spacing_mm"]) if m.get("input_spacing_mm") else None)
             for m in blob.get("models", [])]
 
 

@@ -259,6 +259,16 @@ class Trainer:
         val_kind = "through" if task["pairs"] == "selfsup" and any(e.plane in ("cor", "sag") for e in val_entries) \
             else task["pairs"]
         self.val_bank = PlaneBank(val_entries, val_kind, norm["lower"], norm["upper"], skip_bad)
+        # what the model serves, stored in its file: the low-resolution input spacing it was trained
+        # for (warned about when an input is far outside) and the sampler mrisr upsample defaults to
+        if self.train_bank.degraded_spacings:
+            f = int(task["factor"])
+            self.model_config["input_spacing_mm"] = [round(min(self.train_bank.degraded_spacings) * f, 4),
+                                                     round(max(self.train_bank.degraded_spacings) * f, 4)]
+        if config["objective"] == "partdiff":
+            # the shipped PartDiff models' rule: DDIM with 4 evaluations beat 8 and the ancestral
+            # sampler from K on every plane of 0218 (docs/ablations.md)
+            self.model_config["defaults"] = {"sampler": "ddim", "steps": 4}
 
         torch.manual_seed(self.seed)
         self.network = SR3UNet(**self.net_kwargs).to(self.device)
