@@ -67,8 +67,8 @@ def _positive_int(text: str, name: str) -> int:
     return _int_at_least(text, name, 1)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
+def _common(p: argparse.ArgumentParser, quiet: str = "no progress bar and no summary line") -> None:
+    p.add_argument("--quiet", action="store_true", help=quiet)
     p.add_argument("--debug", action="store_true", help="log everything and show tracebacks")
 
 
@@ -122,10 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print a volume's geometry and the grids upsampling would give")
     info.add_argument("input", help="NIfTI / NRRD / MHA file or DICOM series folder")
     info.add_argument("--series", help="SeriesInstanceUID when the DICOM folder holds several series")
-    info.add_argument("--factor", action="append", help="factor(s) to show (default: 2, 4 and the "
-                      "through-plane factor that makes voxels near-isotropic)")
+    info.add_argument("--factor", action="extend", nargs="+", help="factor(s) to show, e.g. --factor 3 5 "
+                      "(default: 2, 4 and the through-plane factor that makes voxels near-isotropic)")
     info.add_argument("--axis", help="slice axis 0, 1 or 2 (default: the axis with the largest spacing)")
-    _common(info)
+    _common(info, quiet="no warnings on stderr (the report is printed all the same)")
 
     tr = sub.add_parser("train", help="train a PartDiff, SR3 or regression model from a config",
                         description="Train a model (configs/*.yaml). Under torchrun the same command "
@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("datalist", help="decathlon-format JSON datalist (e.g. configs/prostatex.json)")
     conv.add_argument("--plane", default="in", choices=["in", "through"],
                       help="in: in-plane pairs of every slice; through: row-averaged coronal / sagittal planes")
-    conv.add_argument("--factor", action="append", help="factor(s) (default: 2 and 4 in-plane, 6 through-plane)")
+    conv.add_argument("--factor", action="extend", nargs="+",
+                      help="factor(s), e.g. --factor 2 4 (default: 2 and 4 in-plane, 6 through-plane)")
     conv.add_argument("--split", default="validation", choices=["training", "validation", "all"])
     conv.add_argument("--tolerance", default="0.1", help="dB within which the curves count as met (default 0.1)")
     conv.add_argument("--start-model", help="a regression model (.safetensors) whose output is diffused "

@@ -661,7 +661,7 @@ def save_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False
         # bytes from nibabel, compressed here: the temporary's name carries no image suffix
         blob = img.to_bytes()
         with open(tmp, "wb") as fh:
-            fh.write(gzip.compress(blob, compresslevel=1) if gz else blob)
+            fh.write(gzip.compress(blob, compresslevel=1, mtime=0) if gz else blob)  # mtime 0: same run, same bytes
 
     _atomic_write(out, write, overwrite=overwrite)
     logger.info("wrote %s", out)
