@@ -36,7 +36,7 @@ import torch
 
 from mrisr import __version__
 from mrisr.errors import ConfigError, InputError, MrisrError, OutputError
-from mrisr.io import NIFTI_SUFFIXES, SITK_SUFFIXES, Volume, list_dicom_series, output_mode, output_stem, save_volume
+from mrisr.io import Volume, list_cases, output_mode, output_stem, save_volume
 
 __all__ = ["export_bundle", "list_inputs", "LoadVolumed", "VolumeInferer", "VolumeWriter", "VolumeEvaluator",
            "FineTune", "SCHEMA_PATH", "OFFICIAL_SCHEMA_URL"]
@@ -367,43 +367,8 @@ def _write_bundle(root: Path, config: dict[str, Any], state: dict[str, torch.Ten
 
 
 def list_inputs(dataset_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The cases of a folder: each NIfTI / NRRD / MHA file, and each DICOM series of each
-    sub-folder, as ``{"image": path, "series": uid or None, "name": output stem}``.
-
-    Hidden files and other files are ignored (named in the log); names that would collide get
-    the series' short UID.
-
-    Raises:
-        InputError: the folder does not exist or holds no volume.
-    """
-    folder = Path(dataset_dir)
-    if not folder.is_dir():
-        raise InputError(f"dataset_dir not found: {folder}")
-    items: list[dict[str, Any]] = []
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith("."):
-            continue
-        if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES + SITK_SUFFIXES):
-            items.append({"image": str(p), "series": None, "name": output_stem(p)})
-        elif p.is_dir():
-            series = list_dicom_series(p)
-            if not series:
-                items.append({"image": str(p), "series": None, "name": p.name})  # reported when read
-            for s in series:
-                suffix = f"_{s.uid[-8:]}" if len(series) > 1 else ""
-                items.append({"image": str(p), "series": s.uid if len(series) > 1 else None,
-                              "name": f"{p.name}{suffix}"})
-        else:
-            logger.info("ignoring %s (not a NIfTI / NRRD / MHA file or a DICOM folder)", p)
-    seen: dict[str, int] = {}
-    for item in items:
-        seen[item["name"]] = seen.get(item["name"], 0) + 1
-    for item in items:
-        if seen[item["name"]] > 1:  # e.g. case.nii and case.nii.gz
-            item["name"] = f"{item['name']}_{Path(item['image']).name.replace('.', '_')}"
-    if not items:
-        raise InputError(f"no NIfTI / NRRD / MHA files or DICOM series in {folder}")
-    return items
+    """The cases of the bundle's ``dataset_dir``: :func:`mrisr.io.list_cases`."""
+    return list_cases(dataset_dir, what="dataset_dir")
 
 
 class LoadVolumed:

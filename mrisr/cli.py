@@ -80,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upsample", help="upsample a volume in-plane or through-plane",
                         description="Upsample a 3D MRI volume (NIfTI, NRRD, MHA or a DICOM folder) "
                                     "and write NIfTI with the exact output geometry.")
-    up.add_argument("input", help="NIfTI / NRRD / MHA file or DICOM series folder")
-    up.add_argument("-o", "--output", help="output .nii.gz (default: <input stem>_sr.nii.gz in the current folder)")
+    up.add_argument("input", nargs="+", help="NIfTI / NRRD / MHA file or DICOM series folder; or several of them, "
+                    "a folder of volumes, or a datalist .json (then -o is a folder)")
+    up.add_argument("-o", "--output", help="output .nii.gz (default: <input stem>_sr.nii.gz in the current folder); "
+                    "with several inputs, the output folder (default: the current folder)")
     up.add_argument("--plane", required=True, choices=["in", "through"],
                     help="'in': the two in-plane axes; 'through': the slice axis")
     up.add_argument("--factor", required=True, help="integer upsampling factor >= 2")
@@ -225,33 +227,94 @@ def _fmt(values: Sequence[float], digits: int = 4) -> str:
     return " x ".join(f"{v:.{digits}g}" for v in values)
 
 
-def cmd_upsample(args: argparse.Namespace) -> int:
-    factor = _factor(args.factor)
-    axis = _axis(args.axis)
-    batch_size = _positive_int(args.batch_size, "--batch-size")
-    samples = _positive_int(args.samples, "--samples")
-    steps = _positive_int(args.steps, "--steps") if args.steps is not None else None
-    k = _positive_int(args.k, "--k") if args.k is not None else None
+def _upsample_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The checked options of ``mrisr upsample`` shared by every case."""
+    options = {
+        "factor": _factor(args.factor), "axis": _axis(args.axis),
+        "batch_size": _positive_int(args.batch_size, "--batch-size"),
+        "samples": _positive_int(args.samples, "--samples"),
+        "steps": _positive_int(args.steps, "--steps") if args.steps is not None else None,
+        "k": _positive_int(args.k, "--k") if args.k is not None else None,
+        "seed": _int_at_least(args.seed, "--seed", 0),
+    }
     if args.start_model is not None and not Path(args.start_model).is_file():
         raise InputError(f"--start-model not found: {args.start_model}")
-    seed = _int_at_least(args.seed, "--seed", 0)
+    if args.model is not None and not Path(args.model).is_file():
+        raise InputError(f"model not found: {args.model}")
 
-    from mrisr.inference import get_method, resolve_device, upsample_volume
-    from mrisr.io import check_output_path, load_volume, output_stem, save_volume, write_json
+    from mrisr.inference import get_method, resolve_device
 
     get_method(args.method)
     resolve_device(args.device)
-    src = Path(args.input)
+    return options
+
+
+def _batch_cases(inputs: list[Path], series: str | None) -> list[dict[str, Any]] | None:
+    """The cases of several inputs, a folder of volumes or a datalist; None for one volume."""
+    from mrisr.io import NIFTI_SUFFIXES, SITK_SUFFIXES, list_cases, output_stem, unique_names
+
+    def holds_volume_files(folder: Path) -> bool:
+        return any(p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES + SITK_SUFFIXES)
+                   for p in folder.iterdir() if not p.name.startswith("."))
+
+    first = inputs[0]
+    single = len(inputs) == 1 and first.suffix.lower() != ".json" and not (first.is_dir() and holds_volume_files(first))
+    if single:
+        return None
+    cases: list[dict[str, Any]] = []
+    for src in inputs:
+        if not src.exists():
+            cases.append({"image": str(src), "series": None, "name": output_stem(src), "missing": True})
+        elif src.suffix.lower() == ".json":
+            from mrisr.data import load_datalist
+
+            train, val = load_datalist(src)
+            cases += [{"image": e.image, "series": e.series, "name": output_stem(e.image)} for e in train + val]
+        elif src.is_dir() and holds_volume_files(src):
+            cases += list_cases(src)
+        else:
+            cases.append({"image": str(src), "series": series, "name": output_stem(src.resolve())})
+    if not cases:
+        raise InputError("no volumes among the inputs")
+    return unique_names(cases)
+
+
+def _announce(args: argparse.Namespace, name: str, out: Path) -> Any:
+    """A callback that prints, before any plane is computed, what the run will do."""
+    def announce(info: dict[str, Any]) -> None:
+        if args.quiet:
+            return
+        plan = info["plan"]
+        what = info["method"]
+        if info.get("model_name"):
+            what += f" ({info['model_name']}"
+            what += f", {info['sampler']} sampler" if info.get("sampler") else ""
+            what += f", {info['evaluations']} network evaluations per plane)" if info.get("evaluations") else ")"
+        print(f"mrisr: {name}: {_fmt(plan.input_shape)} voxels of {_fmt(plan.input_spacing)} mm -> "
+              f"{_fmt(plan.output_shape)} of {_fmt(plan.output_spacing)} mm, {plan.n_planes} planes, {what}, "
+              f"batch {info['batch_size']} -> {out}", file=sys.stderr, flush=True)
+    return announce
+
+
+def cmd_upsample(args: argparse.Namespace) -> int:
+    options = _upsample_options(args)
+    inputs = [Path(p) for p in args.input]
+    cases = _batch_cases(inputs, args.series)
+    if cases is not None:
+        return _upsample_batch(args, options, cases)
+
+    from mrisr.inference import upsample_volume
+    from mrisr.io import check_output_path, load_volume, output_stem, save_volume, write_json
+
+    src = inputs[0]
     if not src.exists():
         raise InputError(f"input not found: {src}")
     out = Path(args.output) if args.output else Path.cwd() / f"{output_stem(src.resolve())}_sr.nii.gz"
     check_output_path(out, [src], overwrite=args.overwrite)
     std_out = None
-    if samples > 1:
+    if options["samples"] > 1:
         std_out = out.with_name(f"{output_stem(out)}_std.nii.gz")
         check_output_path(std_out, [src], overwrite=args.overwrite)
-    if args.model is not None and not Path(args.model).is_file():
-        raise InputError(f"model not found: {args.model}")
     report = None
     if args.report:
         report = check_output_path(args.report, [src, out], overwrite=args.overwrite, suffixes=(".json",))
@@ -259,30 +322,103 @@ def cmd_upsample(args: argparse.Namespace) -> int:
             raise ConfigError("--report and --output name the same file")
 
     volume = load_volume(src, series=args.series, nonfinite=args.nonfinite)
-    result = upsample_volume(volume, args.plane, factor, axis=axis, method=args.method,
-                             device=args.device, batch_size=batch_size, seed=seed, samples=samples,
-                             progress=not args.quiet, model=args.model, sampler=args.sampler, steps=steps,
-                             precision=args.precision, k=k, start=args.start, start_model=args.start_model,
-                             clip=not args.no_clip)
+    result = upsample_volume(volume, args.plane, options["factor"], axis=options["axis"], method=args.method,
+                             device=args.device, batch_size=options["batch_size"], seed=options["seed"],
+                             samples=options["samples"], progress=not args.quiet, model=args.model,
+                             sampler=args.sampler, steps=options["steps"], precision=args.precision, k=options["k"],
+                             start=args.start, start_model=args.start_model, clip=not args.no_clip,
+                             on_start=_announce(args, src.name, out))
     save_volume(result.volume, out, overwrite=args.overwrite)
     if std_out is not None and result.std_volume is not None:
         save_volume(result.std_volume, std_out, overwrite=args.overwrite)
     if report is not None:
         extra = {"std_output": str(std_out)} if std_out is not None else {}
-        import datetime
-        import shlex
-
-        write_json({"input": str(src), "output": str(out), **extra, **result.report(),
-                    "command": shlex.join(["mrisr", *_CURRENT_ARGV]),
-                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+        write_json({"input": str(src), "output": str(out), **extra, **result.report(), **_run_stamp()},
                    report, overwrite=args.overwrite)
     if not args.quiet:
         evals = f", {result.network_evaluations} network evaluations" if result.network_evaluations else ""
         print(f"wrote {out} ({_fmt(result.plan.output_shape)} voxels of "
               f"{_fmt(result.plan.output_spacing)} mm, {args.method}, {result.seconds:.1f} s{evals})")
         if std_out is not None:
-            print(f"wrote {std_out} (per-voxel standard deviation of {samples} samples)")
+            print(f"wrote {std_out} (per-voxel standard deviation of {options['samples']} samples)")
     return 0
+
+
+def _run_stamp() -> dict[str, str]:
+    import datetime
+    import shlex
+
+    return {"command": shlex.join(["mrisr", *_CURRENT_ARGV]),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _upsample_batch(args: argparse.Namespace, options: dict[str, Any], cases: list[dict[str, Any]]) -> int:
+    """Several volumes in one process: each case reported and skipped when it fails, outputs
+    never colliding, an existing output kept (a rerun resumes) unless --overwrite."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    from mrisr.errors import MrisrError
+    from mrisr.inference import upsample_volume
+    from mrisr.io import load_volume, save_volume, write_json
+
+    if args.series is not None and not any(c.get("series") == args.series for c in cases):
+        logger.info("--series applies to single DICOM folders among the inputs")
+    out_dir = Path(args.output) if args.output else Path.cwd()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"with several inputs -o names a folder, and {out_dir} is a file")
+    if out_dir.name.lower().endswith((".nii", ".nii.gz")):
+        raise ConfigError(f"with several inputs -o names a folder, not a NIfTI file ({out_dir})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(cases, desc="volumes", unit="volume", disable=args.quiet, delay=1.0)
+    for case in bar:
+        out = out_dir / f"{case['name']}_sr.nii.gz"
+        std_out = out_dir / f"{case['name']}_sr_std.nii.gz" if options["samples"] > 1 else None
+        row: dict[str, Any] = {"input": case["image"], "series": case.get("series"), "output": str(out)}
+        t0 = time.perf_counter()
+        try:
+            if case.get("missing"):
+                raise InputError(f"input not found: {case['image']}")
+            if out.exists() and not args.overwrite:
+                row.update(status="exists", note="kept; --overwrite replaces it", seconds=0.0)
+                rows.append(row)
+                continue
+            volume = load_volume(case["image"], series=case.get("series"), nonfinite=args.nonfinite)
+            result = upsample_volume(volume, args.plane, options["factor"], axis=options["axis"],
+                                     method=args.method, device=args.device, batch_size=options["batch_size"],
+                                     seed=options["seed"], samples=options["samples"], progress=False,
+                                     model=args.model, sampler=args.sampler, steps=options["steps"],
+                                     precision=args.precision, k=options["k"], start=args.start,
+                                     start_model=args.start_model, clip=not args.no_clip)
+            save_volume(result.volume, out, overwrite=args.overwrite)
+            if std_out is not None and result.std_volume is not None:
+                save_volume(result.std_volume, std_out, overwrite=args.overwrite)
+                row["std_output"] = str(std_out)
+            row.update(status="ok", output_shape=list(result.plan.output_shape),
+                       model=result.extras.get("model_name"))
+        except (MrisrError, MemoryError) as exc:
+            message = "out of memory" if isinstance(exc, MemoryError) else str(exc)
+            row.update(status="failed", error=message)
+            where = "" if str(case["image"]) in message else f"{case['image']}: "
+            bar.write(f"mrisr: error: {where}{message} (skipped)", file=sys.stderr)
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        rows.append(row)
+    failed = [r for r in rows if r["status"] == "failed"]
+    if args.report:
+        write_json({"cases": rows, "failed": len(failed), "method": args.method, "plane": args.plane,
+                    "factor": options["factor"], **_run_stamp()}, args.report, overwrite=True)
+    if not args.quiet:
+        width = max(len(Path(r["input"]).name) for r in rows)
+        print(f"{'input':<{width}}  status   seconds  output")
+        for r in rows:
+            print(f"{Path(r['input']).name:<{width}}  {r['status']:<7}  {r['seconds']:>7.1f}  "
+                  f"{r['output'] if r['status'] != 'failed' else r['error']}")
+        kept = sum(r["status"] == "exists" for r in rows)
+        print(f"{len(rows)} volumes: {len(rows) - len(failed) - kept} written, {kept} kept (output existed), "
+              f"{len(failed)} failed")
+    return EXIT_USAGE if failed else 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -443,7 +443,7 @@ class UpsampleResult:
 def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None = None,
                     method: str = "bicubic", device: str = "cpu", batch_size: int = 8,
                     seed: int = 0, samples: int = 1, progress: bool = False, clip: bool = True,
-                    **options: Any) -> UpsampleResult:
+                    on_start: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> UpsampleResult:
     """Upsample a volume in-plane or through-plane, one batch of 2D planes at a time.
 
     Args:
@@ -461,6 +461,9 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
         clip: for inputs without negative values (magnitude images), clip the output to the
             input's range: interpolation overshoot and sampling noise cannot make a magnitude
             negative or brighter than the input (False keeps the raw output).
+        on_start: called once the run is planned, before any plane is computed, with ``plan``,
+            ``method``, ``model_name``, ``sampler``, ``evaluations`` (per plane) and
+            ``batch_size`` (the CLI prints them at once).
         options: for learned methods: ``model`` (a path, or a :class:`mrisr.models.LoadedModel`
             built in memory), ``sampler``, ``steps``, ``precision``; for partdiff also ``k`` (the
             start step) and ``start="regression"`` (diffuse the output of a regression model,
@@ -492,6 +495,10 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     if samples > 1 and not upsampler.stochastic:
         raise ConfigError(f"--samples {samples} needs a stochastic method; {method} gives the same result every time")
     batch_size = fit_batch_size(plan, upsampler, dev, batch_size, samples)
+    if on_start is not None:
+        on_start({"plan": plan, "method": method, "model_name": getattr(upsampler, "model_name", None),
+                  "sampler": getattr(upsampler, "sampler", None) if method != "regression" else None,
+                  "evaluations": getattr(upsampler, "steps_run", None), "batch_size": batch_size})
 
     start = time.perf_counter()
     data = volume.data
