@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "non-negative (magnitude) input is clipped to the input's range")
     up.add_argument("--overwrite", action="store_true", help="replace an existing output")
     up.add_argument("--report", help="write a JSON report of the run here")
+    up.add_argument("--preview", metavar="PNG", help="also write a picture: three orthogonal slices of the input "
+                    "(nearest neighbour) and the output at the same window, an enlarged patch, 10 mm scale bars")
     _common(up)
 
     info = sub.add_parser("info", help="print a volume's geometry and the grids upsampling would give")
@@ -301,6 +303,8 @@ def cmd_upsample(args: argparse.Namespace) -> int:
     inputs = [Path(p) for p in args.input]
     cases = _batch_cases(inputs, args.series)
     if cases is not None:
+        if args.preview:
+            raise ConfigError("--preview pictures one volume; give one input (or run it per case)")
         return _upsample_batch(args, options, cases)
 
     from mrisr.inference import upsample_volume
@@ -320,6 +324,8 @@ def cmd_upsample(args: argparse.Namespace) -> int:
         report = check_output_path(args.report, [src, out], overwrite=args.overwrite, suffixes=(".json",))
         if Path(args.report).resolve() == out.resolve():
             raise ConfigError("--report and --output name the same file")
+    if args.preview:
+        check_output_path(args.preview, [src, out], overwrite=args.overwrite, suffixes=(".png",))
 
     volume = load_volume(src, series=args.series, nonfinite=args.nonfinite)
     result = upsample_volume(volume, args.plane, options["factor"], axis=options["axis"], method=args.method,
@@ -331,6 +337,11 @@ def cmd_upsample(args: argparse.Namespace) -> int:
     save_volume(result.volume, out, overwrite=args.overwrite)
     if std_out is not None and result.std_volume is not None:
         save_volume(result.std_volume, std_out, overwrite=args.overwrite)
+    if args.preview:
+        from mrisr.preview import write_preview
+
+        write_preview(volume, result.volume, result.plan, args.preview,
+                      title=f"{src.name}: {args.method} x{options['factor']} {args.plane}-plane")
     if report is not None:
         extra = {"std_output": str(std_out)} if std_out is not None else {}
         write_json({"input": str(src), "output": str(out), **extra, **result.report(), **_run_stamp()},

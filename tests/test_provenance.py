@@ -102,3 +102,26 @@ def test_info_takes_several_factors_after_one_flag(tmp_path):
     src = save_volume(_edges(), tmp_path / "v.nii.gz")
     both = [run_mrisr("info", src, *args).stdout for args in (["--factor", "3", "5"], ["--factor", "3", "--factor", "5"])]
     assert both[0] == both[1] and "--plane through --factor 5" in both[0]
+
+
+def test_preview_png_and_the_nearest_neighbour_view_of_the_input(tmp_path):
+    from mrisr.geometry import plan_upsampling
+    from mrisr.preview import _display_axes, nearest_on_grid
+
+    vol = _edges()
+    src = save_volume(vol, tmp_path / "v.nii.gz")
+    result = run_mrisr("upsample", src, "--plane", "through", "--factor", "3", "--method", "bicubic",
+                       "-o", tmp_path / "o.nii.gz", "--preview", tmp_path / "look.png", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "look.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # every output voxel shows the input voxel it lies in
+    plan = plan_upsampling(vol.shape, vol.affine, "through", 3)
+    shown = nearest_on_grid(vol.data, plan)
+    assert shown.shape == plan.output_shape
+    np.testing.assert_array_equal(shown[:, :, 3 * 2 + 1], vol.data[:, :, 2])
+    # radiological display: superior up in a coronal slice (rows along S-I), patient's right on the left
+    rows, cols, transpose, flips = _display_axes(("L", "S", "A"), axis=2)  # slice along A: rows L, cols S
+    assert (rows, cols, transpose, flips) == (1, 0, True, (True, False))
+    refused = run_mrisr("upsample", src, src, "--plane", "in", "--factor", "2", "--method", "bicubic",
+                        "-o", tmp_path / "many", "--preview", tmp_path / "x.png")
+    assert refused.returncode == 2 and "--preview" in refused.stderr
