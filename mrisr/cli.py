@@ -302,6 +302,12 @@ def cmd_upsample(args: argparse.Namespace) -> int:
     options = _upsample_options(args)
     inputs = [Path(p) for p in args.input]
     cases = _batch_cases(inputs, args.series)
+    if cases is None and int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
+        from mrisr.io import output_stem
+
+        # under torchrun even one input is a batch: rank 0 takes it, -o is the output folder
+        cases = [{"image": str(inputs[0]), "series": args.series, "name": output_stem(inputs[0].resolve()),
+                  **({"missing": True} if not inputs[0].exists() else {})}]
     if cases is not None:
         if args.preview:
             raise ConfigError("--preview pictures one volume; give one input (or run it per case)")
@@ -363,16 +369,45 @@ def _run_stamp() -> dict[str, str]:
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
+def _distributed() -> tuple[int, int, Any]:
+    """(rank, world size, device) under torchrun (WORLD_SIZE > 1): the process group joined
+    (NCCL on GPUs, gloo on CPUs) and this rank's GPU (LOCAL_RANK); (0, 1, None) otherwise."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    import torch
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    gpu = torch.cuda.is_available()
+    if gpu:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if gpu else "gloo")
+    return dist.get_rank(), dist.get_world_size(), "cuda" if gpu else "cpu"
+
+
+def _output_complete(path: Path) -> bool:
+    """Whether an existing output reads back whole (a file cut short by a crash elsewhere, or
+    copied incompletely, is redone)."""
+    try:
+        import nibabel as nib
+        import numpy as np
+
+        np.asarray(nib.load(str(path)).dataobj)
+        return True
+    except Exception:  # truncated gzip, short data, not NIfTI: any of them means "redo"
+        return False
+
+
 def _upsample_batch(args: argparse.Namespace, options: dict[str, Any], cases: list[dict[str, Any]]) -> int:
-    """Several volumes in one process: each case reported and skipped when it fails, outputs
-    never colliding, an existing output kept (a rerun resumes) unless --overwrite."""
-    import time
-
-    from tqdm.auto import tqdm
-
-    from mrisr.errors import MrisrError
-    from mrisr.inference import upsample_volume
-    from mrisr.io import load_volume, save_volume, write_json
+    """Several volumes in one process (or in several under torchrun, each rank its shard):
+    each case reported and skipped when it fails, outputs never colliding, a complete existing
+    output kept (a rerun resumes) unless --overwrite; one summary of every case."""
+    from mrisr.data import shard
+    from mrisr.io import write_json
 
     if args.series is not None and not any(c.get("series") == args.series for c in cases):
         logger.info("--series applies to single DICOM folders among the inputs")
@@ -381,9 +416,54 @@ def _upsample_batch(args: argparse.Namespace, options: dict[str, Any], cases: li
         raise ConfigError(f"with several inputs -o names a folder, and {out_dir} is a file")
     if out_dir.name.lower().endswith((".nii", ".nii.gz")):
         raise ConfigError(f"with several inputs -o names a folder, not a NIfTI file ({out_dir})")
+    rank, world, device = _distributed()
     out_dir.mkdir(parents=True, exist_ok=True)
+    mine = shard(len(cases), rank, world)
+    rows = _run_cases(args, options, [cases[i] for i in mine], out_dir, device or args.device,
+                      quiet=args.quiet or rank != 0)
+    for index, row in zip(mine, rows):
+        row["index"], row["rank"] = index, rank
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, rows)
+        rows = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
+        dist.barrier()
+    failed = [r for r in rows if r["status"] == "failed"]
+    if rank == 0:
+        if args.report:
+            write_json({"cases": rows, "failed": len(failed), "method": args.method, "plane": args.plane,
+                        "factor": options["factor"], "world_size": world, **_run_stamp()}, args.report,
+                       overwrite=True)
+        if not args.quiet:
+            width = max(len(Path(r["input"]).name) for r in rows)
+            print(f"{'input':<{width}}  status   seconds  output")
+            for r in rows:
+                print(f"{Path(r['input']).name:<{width}}  {r['status']:<7}  {r['seconds']:>7.1f}  "
+                      f"{r['output'] if r['status'] != 'failed' else r['error']}")
+            kept = sum(r["status"] == "exists" for r in rows)
+            print(f"{len(rows)} volumes: {len(rows) - len(failed) - kept} written, {kept} kept (output existed), "
+                  f"{len(failed)} failed" + (f" ({world} processes)" if world > 1 else ""))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return EXIT_USAGE if failed else 0
+
+
+def _run_cases(args: argparse.Namespace, options: dict[str, Any], cases: list[dict[str, Any]], out_dir: Path,
+               device: str, quiet: bool) -> list[dict[str, Any]]:
+    import time
+
+    from tqdm.auto import tqdm
+
+    from mrisr.errors import MrisrError
+    from mrisr.inference import upsample_volume
+    from mrisr.io import load_volume, save_volume
+
     rows: list[dict[str, Any]] = []
-    bar = tqdm(cases, desc="volumes", unit="volume", disable=args.quiet, delay=1.0)
+    bar = tqdm(cases, desc="volumes", unit="volume", disable=quiet, delay=1.0)
     for case in bar:
         out = out_dir / f"{case['name']}_sr.nii.gz"
         std_out = out_dir / f"{case['name']}_sr_std.nii.gz" if options["samples"] > 1 else None
@@ -392,20 +472,21 @@ def _upsample_batch(args: argparse.Namespace, options: dict[str, Any], cases: li
         try:
             if case.get("missing"):
                 raise InputError(f"input not found: {case['image']}")
-            if out.exists() and not args.overwrite:
+            if out.exists() and not args.overwrite and _output_complete(out):
                 row.update(status="exists", note="kept; --overwrite replaces it", seconds=0.0)
                 rows.append(row)
                 continue
             volume = load_volume(case["image"], series=case.get("series"), nonfinite=args.nonfinite)
             result = upsample_volume(volume, args.plane, options["factor"], axis=options["axis"],
-                                     method=args.method, device=args.device, batch_size=options["batch_size"],
+                                     method=args.method, device=device, batch_size=options["batch_size"],
                                      seed=options["seed"], samples=options["samples"], progress=False,
                                      model=args.model, sampler=args.sampler, steps=options["steps"],
                                      precision=args.precision, k=options["k"], start=args.start,
                                      start_model=args.start_model, clip=not args.no_clip)
-            save_volume(result.volume, out, overwrite=args.overwrite)
+            redo = args.overwrite or out.exists()  # an incomplete output is replaced
+            save_volume(result.volume, out, overwrite=redo)
             if std_out is not None and result.std_volume is not None:
-                save_volume(result.std_volume, std_out, overwrite=args.overwrite)
+                save_volume(result.std_volume, std_out, overwrite=redo or std_out.exists())
                 row["std_output"] = str(std_out)
             row.update(status="ok", output_shape=list(result.plan.output_shape),
                        model=result.extras.get("model_name"))
@@ -416,20 +497,7 @@ def _upsample_batch(args: argparse.Namespace, options: dict[str, Any], cases: li
             bar.write(f"mrisr: error: {where}{message} (skipped)", file=sys.stderr)
         row["seconds"] = round(time.perf_counter() - t0, 2)
         rows.append(row)
-    failed = [r for r in rows if r["status"] == "failed"]
-    if args.report:
-        write_json({"cases": rows, "failed": len(failed), "method": args.method, "plane": args.plane,
-                    "factor": options["factor"], **_run_stamp()}, args.report, overwrite=True)
-    if not args.quiet:
-        width = max(len(Path(r["input"]).name) for r in rows)
-        print(f"{'input':<{width}}  status   seconds  output")
-        for r in rows:
-            print(f"{Path(r['input']).name:<{width}}  {r['status']:<7}  {r['seconds']:>7.1f}  "
-                  f"{r['output'] if r['status'] != 'failed' else r['error']}")
-        kept = sum(r["status"] == "exists" for r in rows)
-        print(f"{len(rows)} volumes: {len(rows) - len(failed) - kept} written, {kept} kept (output existed), "
-              f"{len(failed)} failed")
-    return EXIT_USAGE if failed else 0
+    return rows
 
 
 def cmd_info(args: argparse.Namespace) -> int:

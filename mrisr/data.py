@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from mrisr.errors import ConfigError, InputError
 from mrisr.transforms import PAIR_KINDS, InPlaneDegrade, MrisrReader, RobustNormalised, ThroughPlaneDegrade, training_planes
 
-__all__ = ["DataEntry", "load_datalist", "read_datalist", "PlaneBank", "batch_indices", "step_seed", "PairCropper",
+__all__ = ["DataEntry", "load_datalist", "read_datalist", "PlaneBank", "batch_indices", "shard", "step_seed",
+           "PairCropper",
            "PairBatches"]
 
 logger = logging.getLogger(__name__)
@@ -187,6 +188,14 @@ def batch_indices(step: int, rank: int, world: int, batch: int, n: int, seed: in
         perm = np.random.default_rng([seed, epoch, 0xDA7A]).permutation(n)
         out.append(int(perm[offset]))
     return out
+
+
+def shard(n: int, rank: int, world: int) -> list[int]:
+    """The case indices rank ``rank`` of ``world`` takes: ``rank, rank + world, ...`` (the
+    ``DistributedSampler`` rule without its padding), so every case runs exactly once."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} of world size {world}")
+    return list(range(rank, n, world))
 
 
 def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
