@@ -114,11 +114,15 @@ def write_convergence_report(curves: list[ConvergenceCurve], out_dir: str | os.P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for c in curves:
-        line, = ax.plot(c.steps[1:], c.psnr_hr[1:], label=f"x{c.factor} ({c.kind}): HR diffused")
-        ax.plot(c.steps, c.psnr_lr, "--", color=line.get_color(), label=f"x{c.factor} ({c.kind}): {c.start} diffused")
+    for n, c in enumerate(curves):
+        # solid HR curve under a thicker, translucent start curve: where they meet both stay visible
+        line, = ax.plot(c.steps[1:], c.psnr_hr[1:], lw=1.2, label=f"x{c.factor} ({c.kind}): HR diffused")
+        ax.plot(c.steps, c.psnr_lr, "--", lw=2.4, alpha=0.6, color=line.get_color(),
+                label=f"x{c.factor} ({c.kind}): {c.start} diffused")
         if c.meeting_k is not None:
             ax.axvline(c.meeting_k, color=line.get_color(), alpha=0.3)
+            ax.annotate(f"K = {c.meeting_k}", xy=(c.meeting_k, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(3, -12 - 11 * n), textcoords="offset points", fontsize=7, color=line.get_color())
     ax.set_xlabel(f"step t of the inference schedule {repr(schedule).removeprefix('NoiseSchedule(')[:-1]}")
     ax.set_ylabel("PSNR(x_t, x_0^HR) dB")
     ax.set_title("Diffused LR and HR images converge (PartDiff Fig. 3)")

@@ -63,6 +63,8 @@ def save_comparison(path: Path, panels: dict[str, np.ndarray], reference: str) -
         ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
+    fig.suptitle("middle plane, superior at the top; PSNR / SSIM against the reference (the original volume)",
+                 fontsize=9)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -145,7 +147,8 @@ def main() -> int:
             "seconds_with_startup": time.perf_counter() - start,
             **({"sampler": blob.get("sampler"), "steps": blob.get("steps")} if method == "partdiff" else {}),
         }
-        panels[method] = display_plane(up.data, stack, si, superior_up)
+        label = f"{method}: {results[method]['psnr_db']:.2f} dB, SSIM {results[method]['ssim']:.3f}"
+        panels[label] = display_plane(up.data, stack, si, superior_up)
     panels["reference"] = display_plane(reference.data, stack, si, superior_up)
 
     png = out_dir / "comparison.png"
