@@ -375,6 +375,37 @@ def fit_batch_size(plan: UpsamplingPlan, upsampler: PlaneUpsampler, device: torc
     return batch_size
 
 
+def _adapted_options(volume: Volume, plan: UpsamplingPlan, method: str, device: torch.device, seed: int,
+                     steps: int, progress: bool, options: dict[str, Any]) -> dict[str, Any]:
+    """The options with ``model`` replaced by the model adapted to ``volume`` (and the shipped
+    model's sampler defaults kept, as :func:`_build_learned` would apply them)."""
+    from mrisr.adaptation import adapt_model
+    from mrisr.models import LoadedModel, default_model, load_model
+
+    out = dict(options)
+    model = out.get("model")
+    expected = None
+    if model is None:
+        shipped = default_model(method, plan.plane, plan.factor)
+        model, expected = str(shipped.path), shipped.sha256
+        if method == "partdiff" and out.get("sampler") is None:
+            out["sampler"] = shipped.sampler
+            if out.get("steps") is None and shipped.steps is not None:
+                out["steps"] = shipped.steps if out.get("k") is None else min(shipped.steps, out["k"])
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, expected_sha256=expected)
+    defaults = loaded.config.get("defaults") or {}
+    if method == "partdiff" and out.get("sampler") is None and defaults.get("sampler"):
+        out["sampler"] = defaults["sampler"]
+        if out.get("steps") is None and defaults.get("steps") is not None:
+            out["steps"] = int(defaults["steps"]) if out.get("k") is None else min(int(defaults["steps"]), out["k"])
+    if (loaded.plane, loaded.factor) != (plan.plane, plan.factor):
+        raise ConfigError(f"{loaded.path.name} was trained for --plane {loaded.plane} --factor {loaded.factor}, "
+                          f"not --plane {plan.plane} --factor {plan.factor}")
+    out["model"] = adapt_model(loaded, volume, plan.plane, plan.factor, steps, seed=seed, device=device,
+                               progress=progress)
+    return out
+
+
 #: how far outside its training range an input's spacing may be before a warning
 SPACING_TOLERANCE = 1.5
 
@@ -399,8 +430,8 @@ def _provenance(volume: Volume, method: str, plane: str, factor: int, extras: di
 
     prov: dict[str, Any] = {"software": "mrisr", "version": __version__, "method": method, "plane": plane,
                             "factor": int(factor), "input": Path(str(volume.metadata.get("path", ""))).name or None}
-    for key in ("model_name", "model_sha256", "sampler", "steps", "k", "start", "seed", "samples", "precision",
-                "clipped_to_input_range"):
+    for key in ("model_name", "model_sha256", "adaptation", "sampler", "steps", "k", "start", "seed", "samples",
+                "precision", "clipped_to_input_range"):
         if extras.get(key) is not None:
             prov["network_evaluations_per_plane" if key == "steps" else key] = extras[key]
     return prov
@@ -490,6 +521,16 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
         raise ConfigError(f"--method {method} takes no {', '.join('--' + k for k in given)} "
                           "(those are for partdiff, sr3 and regression)")
     dev = resolve_device(device)
+    adapt_steps, save_adapted = options.pop("adapt", None), options.pop("save_adapted", None)
+    if save_adapted is not None and not adapt_steps:
+        raise ConfigError("--save-adapted needs --adapt")
+    if adapt_steps:
+        options = _adapted_options(volume, plan, method, dev, seed, int(adapt_steps), progress, options)
+        if save_adapted is not None:
+            from mrisr.models import save_model
+
+            adapted = options["model"]
+            save_model(save_adapted, adapted.network, adapted.config)
     upsampler = spec.build(device=dev, seed=seed, plan=plan, **options)
     _warn_outside_training_spacing(plan, getattr(upsampler, "input_spacing_mm", None))
     if samples > 1 and not upsampler.stochastic:
@@ -553,6 +594,8 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
                        "model": str(upsampler.model.path),  # type: ignore[attr-defined]
                        "model_name": getattr(upsampler, "model_name", None),
                        "model_sha256": getattr(upsampler, "model_sha256", None),
+                       "adaptation": {k: v for k, v in (upsampler.model.config.get("adaptation") or {}).items()  # type: ignore[attr-defined]
+                                      if k in ("steps", "seed", "pairs", "from_model")} or None,
                        "precision": getattr(upsampler, "precision", None)})
     provenance = _provenance(volume, method, plane, factor, extras)
     out.metadata["mrisr_provenance"] = {**provenance, "map": "mean" if samples > 1 else "image"}
