@@ -20,6 +20,7 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,7 @@ def adaptation_planes(volume: Volume, plane: str, lower: float = 0.5, upper: flo
 
 def adapt_model(loaded: Any, volume: Volume, plane: str, factor: int, steps: int, seed: int = 0,
                 batch_size: int = 4, crop: int = 96, lr: float = 5e-5, device: torch.device | str = "cpu",
-                progress: bool = False) -> Any:
+                progress: bool = False, callback: Callable[[int, Any], None] | None = None) -> Any:
     """A copy of ``loaded`` fine-tuned for ``steps`` steps on the volume's own pairs.
 
     Args:
@@ -68,6 +69,8 @@ def adapt_model(loaded: Any, volume: Volume, plane: str, factor: int, steps: int
         lr: the learning rate (small: the prior should move, not be replaced).
         device: where to train.
         progress: show a progress bar.
+        callback: called as ``callback(step, model)`` after each step with the model so far (a
+            LoadedModel sharing the training network: copy what it must keep); for curves.
 
     Returns:
         A LoadedModel whose config records the adaptation (input, steps, seed, ...).
@@ -104,6 +107,10 @@ def adapt_model(loaded: Any, volume: Volume, plane: str, factor: int, steps: int
         torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
         optimizer.step()
         losses.append(float(loss.detach()))
+        if callback is not None:
+            network.eval()
+            callback(step + 1, replace(loaded, network=network))
+            network.train()
     network.eval()
     for p in network.parameters():
         p.requires_grad_(False)
