@@ -39,16 +39,16 @@ def default_adapt_steps(device: torch.device) -> int:
     return 400 if device.type == "cuda" else 50
 
 
-def adaptation_planes(volume: Volume, plane: str, lower: float = 0.5, upper: float = 99.5
+def adaptation_planes(volume: Volume, plane: str, percentiles: tuple[float, float] | None = None
                       ) -> tuple[list[np.ndarray], str]:
     """The normalised 2D planes the volume offers for self-supervision, and their pair kind.
 
     Through-plane: every slice (the slice axis is the thick one), once with rows along each
     in-plane axis (``selfsup``). In-plane: every slice (``in``).
     """
-    from mrisr.transforms import robust_range, training_planes
+    from mrisr.transforms import ROBUST_PERCENTILES, robust_range, training_planes
 
-    data = robust_range(volume.data, lower, upper).normalise(volume.data).astype(np.float32)
+    data = robust_range(volume.data, *(percentiles or ROBUST_PERCENTILES)).normalise(volume.data).astype(np.float32)
     kind = "selfsup" if plane == "through" else "in"
     return training_planes(data, volume.affine, kind), kind  # type: ignore[arg-type]
 
@@ -83,8 +83,9 @@ def adapt_model(loaded: Any, volume: Volume, plane: str, factor: int, steps: int
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"--adapt takes a number of steps >= 1, got {steps!r}")
     dev = torch.device(device)
-    norm = loaded.config.get("normalisation", {})
-    planes, kind = adaptation_planes(volume, plane, float(norm.get("lower", 0.5)), float(norm.get("upper", 99.5)))
+    from mrisr.transforms import model_percentiles
+
+    planes, kind = adaptation_planes(volume, plane, model_percentiles(loaded.config))
     size = max(factor * 2, crop - crop % factor)
     cropper = PairCropper(kind, factor, size)
     batches = PairBatches(planes, cropper, batch_size, seed)

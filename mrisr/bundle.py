@@ -37,6 +37,7 @@ import torch
 from mrisr import __version__
 from mrisr.errors import ConfigError, InputError, MrisrError, OutputError
 from mrisr.io import Volume, list_cases, output_mode, output_stem, save_volume
+from mrisr.transforms import model_percentiles
 
 __all__ = ["export_bundle", "list_inputs", "LoadVolumed", "VolumeInferer", "VolumeWriter", "VolumeEvaluator",
            "FineTune", "SCHEMA_PATH", "OFFICIAL_SCHEMA_URL"]
@@ -92,7 +93,7 @@ def _network_data_format(config: dict[str, Any]) -> dict[str, Any]:
             "type": "image", "format": "magnitude", "modality": "MR", "num_channels": int(net["in_channels"]),
             "spatial_shape": spatial, "dtype": "float32", "value_range": [-1, 1], "is_patch_data": False,
             "channel_def": {"0": "condition: the bicubic-upsampled low-resolution plane, normalised to [-1, 1] "
-                                 "by the volume's 0.5 / 99.5 percentiles",
+                                 "by the volume's {:g} / {:g} percentiles".format(*model_percentiles(config)),
                             "1": "the noisy high-resolution plane x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) "
                                  "noise (zeros for the regression objective)"},
         },

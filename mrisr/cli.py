@@ -652,7 +652,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         entries = [e for e in entries if e.plane in (None, "cor", "sag")]
     if not entries:
         raise InputError(f"{args.datalist} has no {args.split} entries for --plane {args.plane}")
-    bank = PlaneBank(entries, kind, 0.5, 99.5)
+    from mrisr.transforms import ROBUST_PERCENTILES
+
+    bank = PlaneBank(entries, kind, *ROBUST_PERCENTILES)
     start, start_name = None, "LR"
     if args.start_model is not None:
         import functools

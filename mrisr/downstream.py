@@ -27,6 +27,7 @@ from mrisr.data import DataEntry
 from mrisr.errors import ConfigError, MrisrError
 from mrisr.io import Volume, load_volume, write_json
 from mrisr.segmentation import ZONES, Segmenter, resample_labels, zone_dice
+from mrisr.transforms import ROBUST_PERCENTILES
 
 __all__ = ["SegmentationRow", "SegmentationEvaluation", "evaluate_segmentation", "write_segmentation_report"]
 
@@ -254,7 +255,7 @@ def write_segmentation_report(result: SegmentationEvaluation, out_dir: str | os.
         panels = ex["panels"]
         fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
         for ax, (title, (image, mask)) in zip(axes[0], panels.items()):
-            lo, hi = np.percentile(image, [0.5, 99.5])
+            lo, hi = np.percentile(image, ROBUST_PERCENTILES)
             ax.imshow(np.rot90(image), cmap="gray", vmin=lo, vmax=hi)
             for code, colour in ((1, "#ffcc00"), (2, "#33ccff")):
                 if (mask == code).any():

@@ -29,6 +29,7 @@ from mrisr.errors import ConfigError
 from mrisr.geometry import Plane, UpsamplingPlan, from_planes, plan_upsampling, to_planes
 from mrisr.interpolation import bicubic_upsample, bspline_upsample
 from mrisr.io import Volume
+from mrisr.transforms import model_percentiles
 
 __all__ = [
     "Device",
@@ -291,10 +292,9 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
         start_loaded = load_start_model(start_model, plan.plane, plan.factor, device=device, autocast_dtype=dtype)
     elif start_model is not None:
         raise ConfigError("--start-model needs --start regression")
-    norm = loaded.config.get("normalisation", {})
     learned = _Learned(model=loaded, method=method, sampler=sampler, steps=steps, device=device, precision=precision,
                        k=k, start_model=start_loaded,
-                       intensity=(float(norm.get("lower", 0.5)), float(norm.get("upper", 99.5))),
+                       intensity=model_percentiles(loaded.config),
                        # ancestral steps add noise; DDIM is deterministic given its noisy start
                        stochastic=method != "regression")
     from mrisr.models import sha256 as file_sha256

@@ -29,6 +29,7 @@ from mrisr.diffusion.inferer import PartialDiffusionInferer
 from mrisr.errors import ConfigError, InputError
 from mrisr.io import output_mode
 from mrisr.networks import SR3UNet
+from mrisr.transforms import ROBUST_PERCENTILES
 
 __all__ = ["FORMAT", "LoadedModel", "ShippedModel", "model_config", "save_model", "load_model", "sha256",
            "shipped_models", "default_model"]
@@ -47,7 +48,8 @@ def model_config(network: dict[str, Any], inferer: PartialDiffusionInferer, plan
         "format": FORMAT,
         "network": dict(network),
         "inferer": inferer.config(),
-        "normalisation": normalisation or {"kind": "robust", "lower": 0.5, "upper": 99.5},
+        "normalisation": normalisation or {"kind": "robust", "lower": ROBUST_PERCENTILES[0],
+                                           "upper": ROBUST_PERCENTILES[1]},
         "task": {"plane": plane, "factor": int(factor), "degradation": degradation or {}},
         **extra,
     }

@@ -65,7 +65,9 @@ def write_preview(source: Volume, result: Volume, plan: UpsamplingPlan, path: st
     out = Path(path)
     before = nearest_on_grid(source.data, plan)
     after = result.data
-    lo, hi = (float(v) for v in np.percentile(source.data, [0.5, 99.5]))
+    from mrisr.transforms import ROBUST_PERCENTILES
+
+    lo, hi = (float(v) for v in np.percentile(source.data, ROBUST_PERCENTILES))  # the window of the input
     spacing = voxel_spacing(result.affine)
     codes = result.orientation
     centre = [n // 2 for n in result.shape]

@@ -183,11 +183,9 @@ class MrisrSegmenter:
     @torch.inference_mode()
     def __call__(self, volume: Volume) -> np.ndarray:
         from mrisr.geometry import slice_axis
-        from mrisr.transforms import robust_range
+        from mrisr.transforms import model_percentiles, robust_range
 
-        norm = self.config.get("normalisation", {})
-        data = robust_range(volume.data, float(norm.get("lower", 0.5)), float(norm.get("upper", 99.5))
-                            ).normalise(volume.data)
+        data = robust_range(volume.data, *model_percentiles(self.config)).normalise(volume.data)
         axis = slice_axis(volume.affine)
         planes = torch.from_numpy(np.ascontiguousarray(np.moveaxis(data, axis, 0), dtype=np.float32))[:, None]
         labels = []
@@ -308,7 +306,9 @@ def export_segmenter_bundle(segmenter: str | os.PathLike, out_dir: str | os.Path
     out = Path(out_dir)
     if out.exists():
         raise ConfigError(f"{out} exists; remove it first")
-    norm = seg.config.get("normalisation", {})
+    from mrisr.transforms import model_percentiles
+
+    lower, upper = model_percentiles(seg.config)
     net = seg.config["network"]
     inference = {
         "imports": ["$import torch"],
@@ -324,8 +324,8 @@ def export_segmenter_bundle(segmenter: str | os.PathLike, out_dir: str | os.Path
         "preprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "LoadImaged", "keys": "image"},
             {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": float(norm.get("lower", 0.5)),
-             "upper": float(norm.get("upper", 99.5)), "b_min": -1.0, "b_max": 1.0, "clip": False},
+            {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": lower, "upper": upper,
+             "b_min": -1.0, "b_max": 1.0, "clip": False},
             {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
         ]},
         "inferer": {"_target_": "SliceInferer", "spatial_dim": int(slice_dim), "roi_size": [-1, -1],

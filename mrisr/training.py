@@ -39,7 +39,7 @@ from mrisr.errors import ConfigError, MrisrError
 from mrisr.evaluation import psnr, ssim
 from mrisr.models import model_config, save_model
 from mrisr.networks import SR3UNet, network_config
-from mrisr.transforms import PAIR_KINDS, plane_degradation
+from mrisr.transforms import PAIR_KINDS, ROBUST_PERCENTILES, plane_degradation
 
 # the data names stay importable from here (they moved to mrisr.data)
 __all__ = ["DEFAULTS", "load_config", "load_datalist", "read_datalist", "DataEntry", "PlaneBank", "batch_indices", "Trainer",
@@ -54,7 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "k_noise_level": 0.25,
     "task": {"plane": "in", "factor": 4, "pairs": "in", "blur_sigma_max": 1.5},
     "data": {"datalist": None, "glob": None, "validation_glob": None, "planes": None,
-             "normalisation": {"kind": "robust", "lower": 0.5, "upper": 99.5}, "crop": 96, "num_workers": 0,
+             "normalisation": {"kind": "robust", "lower": ROBUST_PERCENTILES[0], "upper": ROBUST_PERCENTILES[1]},
+             "crop": 96, "num_workers": 0,
              "augment": "flips"},
     "network": {"preset": "small"},
     "schedules": {"train": dict(TRAINING_SCHEDULE), "inference": dict(INFERENCE_SCHEDULE)},

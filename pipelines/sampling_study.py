@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from mrisr.data import PlaneBank, load_datalist
+from mrisr.transforms import ROBUST_PERCENTILES
 from mrisr.devices import resolve_device, resolve_precision
 from mrisr.evaluation import psnr, spectral_error, ssim
 from mrisr.models import load_model
@@ -55,7 +56,7 @@ def main() -> int:
     kind = "in" if args.plane == "in" else "through"
     if kind == "through":
         val = [e for e in val if e.plane in (None, "cor", "sag")]
-    bank = PlaneBank(val, kind, 0.5, 99.5)
+    bank = PlaneBank(val, kind, *ROBUST_PERCENTILES)
     degrade, (fh, fw) = plane_degradation(kind, factor)
     picks: list[int] = []
     for source in dict.fromkeys(bank.sources):

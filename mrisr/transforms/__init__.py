@@ -1,14 +1,15 @@
 """MONAI-style transforms: loading, intensity normalisation with its inverse, training pairs."""
 
-from mrisr.transforms.intensity import (INTENSITY_KEY, IntensityRange, RobustNormalise, RobustNormalised,
-                                        RobustNormaliseD, RobustNormaliseDict, robust_range)
+from mrisr.transforms.intensity import (INTENSITY_KEY, ROBUST_PERCENTILES, IntensityRange, RobustNormalise,
+                                        RobustNormalised, RobustNormaliseD, RobustNormaliseDict, model_percentiles,
+                                        robust_range)
 from mrisr.transforms.io import MrisrReader
 from mrisr.transforms.pairs import (PAIR_KINDS, InPlaneDegrade, InPlanePairD, InPlanePaird, InPlanePairDict, PairKind,
                                     ThroughPlaneDegrade, ThroughPlanePairD, ThroughPlanePaird, ThroughPlanePairDict,
                                     gaussian_blur, plane_degradation, simulate_lowres, training_planes)
 
 __all__ = [
-    "IntensityRange", "robust_range", "RobustNormalise", "RobustNormalised", "RobustNormaliseD",
+    "IntensityRange", "robust_range", "ROBUST_PERCENTILES", "model_percentiles", "RobustNormalise", "RobustNormalised", "RobustNormaliseD",
     "RobustNormaliseDict", "INTENSITY_KEY", "MrisrReader", "PairKind", "PAIR_KINDS", "training_planes",
     "plane_degradation", "simulate_lowres",
     "gaussian_blur", "InPlaneDegrade", "InPlanePaird", "InPlanePairD", "InPlanePairDict", "ThroughPlaneDegrade",

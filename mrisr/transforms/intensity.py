@@ -18,8 +18,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 
-__all__ = ["IntensityRange", "robust_range", "RobustNormalise", "RobustNormalised", "RobustNormaliseD",
-           "RobustNormaliseDict", "INTENSITY_KEY"]
+__all__ = ["IntensityRange", "robust_range", "ROBUST_PERCENTILES", "model_percentiles", "RobustNormalise",
+           "RobustNormalised", "RobustNormaliseD", "RobustNormaliseDict", "INTENSITY_KEY"]
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
@@ -50,7 +50,19 @@ class IntensityRange:
         return asdict(self)
 
 
-def robust_range(data: np.ndarray | torch.Tensor, lower: float = 0.5, upper: float = 99.5) -> IntensityRange:
+#: the percentiles mapped to -1 and 1 everywhere mrisr normalises a volume (models store their own)
+ROBUST_PERCENTILES = (0.5, 99.5)
+
+
+def model_percentiles(config: dict | None) -> tuple[float, float]:
+    """The (lower, upper) percentiles a model's config (or a training config's ``data``) stores
+    under ``normalisation``, else :data:`ROBUST_PERCENTILES`."""
+    norm = (config or {}).get("normalisation") or {}
+    return float(norm.get("lower", ROBUST_PERCENTILES[0])), float(norm.get("upper", ROBUST_PERCENTILES[1]))
+
+
+def robust_range(data: np.ndarray | torch.Tensor, lower: float = ROBUST_PERCENTILES[0],
+                 upper: float = ROBUST_PERCENTILES[1]) -> IntensityRange:
     """The ``lower`` and ``upper`` percentiles of ``data`` as an :class:`IntensityRange`."""
     if not 0.0 <= lower < upper <= 100.0:
         raise ValueError(f"need 0 <= lower < upper <= 100, got {lower}, {upper}")
@@ -80,7 +92,7 @@ class RobustNormalise(Transform):
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(self, lower: float = 0.5, upper: float = 99.5) -> None:
+    def __init__(self, lower: float = ROBUST_PERCENTILES[0], upper: float = ROBUST_PERCENTILES[1]) -> None:
         if not 0.0 <= lower < upper <= 100.0:
             raise ValueError(f"need 0 <= lower < upper <= 100, got lower={lower}, upper={upper}")
         self.lower = lower
@@ -100,7 +112,7 @@ class RobustNormalised(MapTransform):
 
     backend = RobustNormalise.backend
 
-    def __init__(self, keys: KeysCollection, lower: float = 0.5, upper: float = 99.5,
+    def __init__(self, keys: KeysCollection, lower: float = ROBUST_PERCENTILES[0], upper: float = ROBUST_PERCENTILES[1],
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.normaliser = RobustNormalise(lower, upper)
