@@ -466,7 +466,9 @@ class UpsampleResult:
             "axis": self.plan.slice_axis,
             "device": self.device,
             "seconds": round(self.seconds, 4),
-            "network_evaluations": self.network_evaluations,
+            "network_evaluations": self.network_evaluations,  # batched network calls of the run
+            # per plane, whatever the batch size (1 for regression, 0 for interpolation)
+            "network_evaluations_per_plane": self.extras.get("steps", 0) or 0,
             **self.extras,
         }
 
