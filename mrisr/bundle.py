@@ -51,7 +51,6 @@ OFFICIAL_SCHEMA_URL = ("https://github.com/Project-MONAI/MONAI-extra-test-data/r
                        "meta_schema_20240725.json")
 BUNDLE_VERSION = "0.1.0"
 _PARTIAL = ".mrisr-partial-"
-_METHOD_OF_OBJECTIVE = {"partdiff": "partdiff", "sr3": "sr3", "regression": "regression"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,10 +296,14 @@ def export_bundle(out_dir: str | os.PathLike, model: str | None = None, method: 
     config, state = _read(path)
     loaded = build_model(config, state, path)  # refuses a config that does not build
     name = entry.name if entry is not None else output_stem(path)
-    methods = list(entry.methods) if entry is not None else [_METHOD_OF_OBJECTIVE[loaded.objective]]
+    from mrisr.inference import OBJECTIVES_FOR
+
+    # what the model can run (OBJECTIVES_FOR: the one table), its registry's choice first
+    runs = [m for m, objectives in OBJECTIVES_FOR.items() if loaded.objective in objectives]
+    methods = list(entry.methods) if entry is not None else sorted(runs, key=lambda m: m != loaded.objective)
     method = method or methods[0]
-    if method not in methods and not (method == "partdiff" and loaded.objective == "sr3"):
-        raise ConfigError(f"{name} serves --method {' or '.join(methods)}, not {method}")
+    if method not in runs:
+        raise ConfigError(f"{name} (objective {loaded.objective}) runs --method {' or '.join(runs)}, not {method}")
     sampler = entry.sampler if entry is not None and method == "partdiff" else None
     steps = entry.steps if entry is not None and method == "partdiff" else None
     if method == "regression":

@@ -6,7 +6,7 @@ other exception is a bug in mrisr and is reported as such.
 
 from __future__ import annotations
 
-__all__ = ["MrisrError", "InputError", "OutputError", "GeometryError", "ConfigError"]
+__all__ = ["MrisrError", "InputError", "OutputError", "GeometryError", "ConfigError", "require_int"]
 
 
 class MrisrError(Exception):
@@ -30,3 +30,15 @@ class ConfigError(MrisrError, ValueError):
 
     Also a ``ValueError``, so code that guards a call with ``except ValueError`` (as for
     MONAI's and PyTorch's own argument checks) catches it too."""
+
+
+def require_int(value: object, name: str, minimum: int = 1, maximum: int | None = None,
+                error: type[MrisrError] = ConfigError) -> int:
+    """``value`` if it is an integer (not a bool) in ``minimum..maximum``, else ``error`` with
+    one line: "NAME must be an integer >= MIN, got V" (or "in MIN..MAX"). The one integer check
+    of the library (the CLI parses text with the same wording)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+            maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise error(f"{name} must be an integer {bound}, got {value!r}")
+    return value

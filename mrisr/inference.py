@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mrisr.devices import Device, available_memory, resolve_device, resolve_precision
-from mrisr.errors import ConfigError
+from mrisr.errors import ConfigError, require_int
 from mrisr.geometry import Plane, UpsamplingPlan, from_planes, plan_upsampling, to_planes
 from mrisr.interpolation import bicubic_upsample, bspline_upsample
 from mrisr.io import Volume
@@ -157,7 +157,8 @@ def _build_bspline(**_: Any) -> PlaneUpsampler:
 
 Precision = Literal["auto", "fp32", "bf16"]
 # method -> the training objectives whose models it can run
-_OBJECTIVES_FOR = {"partdiff": ("partdiff", "sr3"), "sr3": ("sr3",), "regression": ("regression",)}
+#: the training objectives each learned method can run (PartDiff also samples SR3 models partially)
+OBJECTIVES_FOR = {"partdiff": ("partdiff", "sr3"), "sr3": ("sr3",), "regression": ("regression",)}
 
 
 @dataclass
@@ -245,9 +246,9 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
         sampler = defaults["sampler"]
         if steps is None and defaults.get("steps") is not None:
             steps = int(defaults["steps"]) if k is None else min(int(defaults["steps"]), k)
-    if loaded.objective not in _OBJECTIVES_FOR[method]:
+    if loaded.objective not in OBJECTIVES_FOR[method]:
         raise ConfigError(f"--method {method} needs a model trained with objective "
-                          f"{' or '.join(_OBJECTIVES_FOR[method])}, but {loaded.path.name} was trained for "
+                          f"{' or '.join(OBJECTIVES_FOR[method])}, but {loaded.path.name} was trained for "
                           f"{loaded.objective}")
     if (loaded.plane, loaded.factor) != (plan.plane, plan.factor) and not served:
         raise ConfigError(f"{loaded.path.name} was trained for --plane {loaded.plane} --factor {loaded.factor}, "
@@ -255,8 +256,8 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     sampler = sampler or "ancestral"
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ConfigError(f"--steps must be an integer >= 1, got {steps!r}")
+    if steps is not None:
+        require_int(steps, "--steps")
     inferer = loaded.inferer
     if sampler == "ddim" and steps is not None and method != "regression":
         start_at = inferer.inference_schedule.num_steps if method == "sr3" else (k or inferer.k)
@@ -276,8 +277,7 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     if k is not None:
         if method != "partdiff":
             raise ConfigError("--k (the partial-diffusion start step) applies to --method partdiff only")
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= inferer.inference_schedule.num_steps:
-            raise ConfigError(f"--k must be an integer in 1..{inferer.inference_schedule.num_steps}, got {k!r}")
+        require_int(k, "--k", 1, inferer.inference_schedule.num_steps)
         if sampler == "ancestral" and steps is not None and steps != k:
             raise ConfigError("for the ancestral sampler --steps is K itself; give --k or --steps, not both")
         if loaded.objective == "partdiff" and k > inferer.k:
@@ -512,10 +512,8 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     """
     from tqdm.auto import tqdm
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch size must be an integer >= 1, got {batch_size!r}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ConfigError(f"samples must be an integer >= 1, got {samples!r}")
+    require_int(batch_size, "batch size")
+    require_int(samples, "samples")
     plan = plan_upsampling(volume.shape, volume.affine, plane, factor, axis)
     spec = get_method(method)
     given = sorted(k for k, v in options.items() if v is not None)

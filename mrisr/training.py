@@ -35,7 +35,7 @@ from mrisr.data import (AUGMENTATIONS, DataEntry, PairBatches, PairCropper, Plan
                         read_datalist, step_seed)
 from mrisr.devices import resolve_device, resolve_precision
 from mrisr.diffusion import INFERENCE_SCHEDULE, OBJECTIVES, TRAINING_SCHEDULE, PartialDiffusionInferer
-from mrisr.errors import ConfigError, MrisrError
+from mrisr.errors import ConfigError, MrisrError, require_int
 from mrisr.evaluation import psnr, ssim
 from mrisr.models import model_config, save_model
 from mrisr.networks import SR3UNet, network_config
@@ -168,8 +168,7 @@ def _validate(config: dict[str, Any]) -> None:
     if config["data"]["augment"] not in AUGMENTATIONS:
         raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {config['data']['augment']!r}")
     workers = config["data"]["num_workers"]
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ConfigError(f"data.num_workers must be an integer >= 0, got {workers!r}")
+    require_int(workers, "data.num_workers", 0)
     if optim["precision"] not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"optim.precision must be auto, bf16 or fp32, got {optim['precision']!r}")
     if not 0.0 <= float(optim["ema_decay"]) < 1.0:

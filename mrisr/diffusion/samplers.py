@@ -16,7 +16,7 @@ from typing import Literal, get_args
 import torch
 
 from mrisr.diffusion.schedules import NoiseSchedule
-from mrisr.errors import ConfigError
+from mrisr.errors import require_int
 
 __all__ = [
     "SamplerName",
@@ -91,8 +91,7 @@ def _level(schedule: NoiseSchedule, t: int, batch: int, device: torch.device) ->
 
 
 def _check_k(schedule: NoiseSchedule, k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= schedule.num_steps:
-        raise ConfigError(f"K must be an integer in 1..{schedule.num_steps}, got {k!r}")
+    require_int(k, "K", 1, schedule.num_steps)
     return k
 
 
@@ -149,8 +148,7 @@ def ddim_steps(k: int, n: int) -> list[int]:
     """``n`` steps from ``k`` down to 1, evenly spaced (rounded, distinct). Ending at step 1
     matters for latent-aligned models: their clean-image prediction is fully high-resolution
     only at the lowest noise levels."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"the number of DDIM steps must be an integer >= 1, got {n!r}")
+    require_int(n, "the number of DDIM steps")
     if n >= k:
         return list(range(k, 0, -1))
     if n == 1:

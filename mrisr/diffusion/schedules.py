@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from mrisr.errors import ConfigError
+from mrisr.errors import ConfigError, require_int
 
 __all__ = [
     "ScheduleKind",
@@ -62,8 +62,7 @@ class NoiseSchedule:
                  beta_end: float = 0.01, cosine_s: float = 0.008) -> None:
         if kind not in get_args(ScheduleKind):
             raise ConfigError(f"schedule kind must be one of {get_args(ScheduleKind)}, got {kind!r}")
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ConfigError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+        require_int(num_steps, "num_steps")
         if not 0.0 < beta_start <= beta_end <= 1.0:
             raise ConfigError(f"need 0 < beta_start <= beta_end <= 1, got {beta_start}, {beta_end}")
         self._config = _Config(kind, num_steps, float(beta_start), float(beta_end), float(cosine_s))
@@ -193,8 +192,7 @@ class NoiseSchedule:
         return coef_x0, coef_xt, variance
 
     def _check_step(self, t: int, low: int = 0) -> None:
-        if isinstance(t, bool) or not isinstance(t, int) or not low <= t <= self.num_steps:
-            raise ConfigError(f"step must be an integer in {low}..{self.num_steps}, got {t!r}")
+        require_int(t, "step", low, self.num_steps)
 
 
 def _per_sample(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
