@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -275,7 +276,7 @@ def _upsample_options(args: argparse.Namespace) -> dict[str, Any]:
         from mrisr.models import shipped_models
 
         target = Path(args.save_adapted).resolve()
-        if any(m.path == target for m in shipped_models()) or target.parent == shipped_models()[0].path.parent:
+        if any(target == m.path or target.parent == m.path.parent for m in shipped_models()):
             raise ConfigError("--save-adapted may not write into mrisr's shipped models; choose another path")
         check_output_path(args.save_adapted, [Path(p) for p in args.input], overwrite=args.overwrite,
                           suffixes=(".safetensors",))
@@ -342,7 +343,7 @@ def cmd_upsample(args: argparse.Namespace) -> int:
     options = _upsample_options(args)
     inputs = [Path(p) for p in args.input]
     cases = _batch_cases(inputs, args.series)
-    if cases is None and int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
+    if cases is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from mrisr.io import output_stem
 
         # under torchrun even one input is a batch: rank 0 takes it, -o is the output folder
@@ -413,7 +414,6 @@ def _run_stamp() -> dict[str, str]:
 def _distributed() -> tuple[int, int, Any]:
     """(rank, world size, device) under torchrun (WORLD_SIZE > 1): the process group joined
     (NCCL on GPUs, gloo on CPUs) and this rank's GPU (LOCAL_RANK); (0, 1, None) otherwise."""
-    import os
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -532,8 +532,13 @@ def _run_cases(args: argparse.Namespace, options: dict[str, Any], cases: list[di
                 row["std_output"] = str(std_out)
             row.update(status="ok", output_shape=list(result.plan.output_shape),
                        model=result.extras.get("model_name"))
-        except (MrisrError, MemoryError) as exc:
-            message = "out of memory" if isinstance(exc, MemoryError) else str(exc)
+        except Exception as exc:  # noqa: BLE001 -- one case must not end the batch (or hang other ranks)
+            if isinstance(exc, MrisrError):
+                message = str(exc)
+            elif isinstance(exc, MemoryError):
+                message = "out of memory; lower --batch-size"
+            else:
+                message = f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             row.update(status="failed", error=message)
             where = "" if str(case["image"]) in message else f"{case['image']}: "
             bar.write(f"mrisr: error: {where}{message} (skipped)", file=sys.stderr)

@@ -223,12 +223,8 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     elif model is None:
         shipped = default_model(method, plan.plane, plan.factor)
         model, expected_sha256, served = str(shipped.path), shipped.sha256, True
-        # the registry's sampler is the default whatever else is given; its step count only
-        # when the user names no sampler and no steps (one rule: docs/cli.md)
-        if method == "partdiff" and sampler is None:
-            sampler = shipped.sampler
-            if steps is None:
-                steps = shipped.steps if k is None or shipped.steps is None else min(shipped.steps, k)
+        sampler, steps = _default_sampling(method, {"sampler": shipped.sampler, "steps": shipped.steps},
+                                           sampler, steps, k)
     else:
         served = any(m.serves(method, plan.plane, plan.factor) and m.path == Path(model).resolve()
                      for m in shipped_models())
@@ -240,12 +236,8 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     else:
         loaded = load_model(model, device=device, autocast_dtype=dtype, expected_sha256=expected_sha256)
     shipped_entry = next((m for m in shipped_models() if m.path == loaded.path.resolve()), None)
-    defaults = loaded.config.get("defaults") or {}
-    if expected_sha256 is None and method == "partdiff" and sampler is None and defaults.get("sampler"):
-        # your own model: the default its file stores (the shipped models' rule, set by mrisr train)
-        sampler = defaults["sampler"]
-        if steps is None and defaults.get("steps") is not None:
-            steps = int(defaults["steps"]) if k is None else min(int(defaults["steps"]), k)
+    if expected_sha256 is None:  # your own model: the default its file stores (set by mrisr train)
+        sampler, steps = _default_sampling(method, loaded.config.get("defaults") or {}, sampler, steps, k)
     if loaded.objective not in OBJECTIVES_FOR[method]:
         raise ConfigError(f"--method {method} needs a model trained with objective "
                           f"{' or '.join(OBJECTIVES_FOR[method])}, but {loaded.path.name} was trained for "
@@ -305,6 +297,19 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     spacing = loaded.config.get("input_spacing_mm") or (shipped_entry.input_spacing_mm if shipped_entry else None)
     learned.input_spacing_mm = tuple(float(x) for x in spacing) if spacing else None
     return learned
+
+
+def _default_sampling(method: str, defaults: dict[str, Any], sampler: str | None, steps: int | None,
+                      k: int | None) -> tuple[str | None, int | None]:
+    """The one rule for PartDiff's default sampler (docs/cli.md): the model's default sampler
+    (the registry's for a shipped model, the file's for your own) whenever no ``--sampler`` is
+    given; its step count only when no ``--steps`` is given either (at most ``--k``)."""
+    if method != "partdiff" or sampler is not None or not defaults.get("sampler"):
+        return sampler, steps
+    default_steps = defaults.get("steps")
+    if steps is None and default_steps is not None:
+        steps = int(default_steps) if k is None else min(int(default_steps), k)
+    return defaults["sampler"], steps
 
 
 @register_method("partdiff", "Partial Diffusion: start at step K from the diffused LR image (--model)", learned=True)
@@ -384,20 +389,14 @@ def _adapted_options(volume: Volume, plan: UpsamplingPlan, method: str, device: 
 
     out = dict(options)
     model = out.get("model")
-    expected = None
+    expected, defaults = None, {}
     if model is None:
         shipped = default_model(method, plan.plane, plan.factor)
         model, expected = str(shipped.path), shipped.sha256
-        if method == "partdiff" and out.get("sampler") is None:
-            out["sampler"] = shipped.sampler
-            if out.get("steps") is None and shipped.steps is not None:
-                out["steps"] = shipped.steps if out.get("k") is None else min(shipped.steps, out["k"])
+        defaults = {"sampler": shipped.sampler, "steps": shipped.steps}
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, expected_sha256=expected)
-    defaults = loaded.config.get("defaults") or {}
-    if method == "partdiff" and out.get("sampler") is None and defaults.get("sampler"):
-        out["sampler"] = defaults["sampler"]
-        if out.get("steps") is None and defaults.get("steps") is not None:
-            out["steps"] = int(defaults["steps"]) if out.get("k") is None else min(int(defaults["steps"]), out["k"])
+    out["sampler"], out["steps"] = _default_sampling(method, defaults or loaded.config.get("defaults") or {},
+                                                     out.get("sampler"), out.get("steps"), out.get("k"))
     if (loaded.plane, loaded.factor) != (plan.plane, plan.factor):
         raise ConfigError(f"{loaded.path.name} was trained for --plane {loaded.plane} --factor {loaded.factor}, "
                           f"not --plane {plan.plane} --factor {plan.factor}")
