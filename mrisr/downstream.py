@@ -128,7 +128,7 @@ def evaluate_segmentation(entries: Sequence[DataEntry], segmenter: Segmenter, pl
                                               batch_size=batch_size).volume
                     except ConfigError as exc:
                         if get_method(method).learned and "no default" in str(exc):
-                            note = f"{method} x{factor}: {str(exc).split(';')[0]}"
+                            note = f"{method} x{factor} (no shipped model serves --plane {plane} --factor {factor})"
                             if note not in result.skipped:
                                 result.skipped.append(note)
                             continue
