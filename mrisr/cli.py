@@ -416,7 +416,7 @@ def _distributed() -> tuple[int, int, Any]:
     (NCCL on GPUs, gloo on CPUs) and this rank's GPU (LOCAL_RANK); (0, 1, None) otherwise."""
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun with one process still joins
         return 0, 1, None
     import torch
     import torch.distributed as dist
