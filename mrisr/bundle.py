@@ -304,10 +304,9 @@ def export_bundle(out_dir: str | os.PathLike, model: str | None = None, method: 
     method = method or methods[0]
     if method not in runs:
         raise ConfigError(f"{name} (objective {loaded.objective}) runs --method {' or '.join(runs)}, not {method}")
-    sampler = entry.sampler if entry is not None and method == "partdiff" else None
-    steps = entry.steps if entry is not None and method == "partdiff" else None
-    if method == "regression":
-        sampler, steps = None, None
+    # the sampler mrisr upsample would choose: the registry's, or what an own model's file stores
+    defaults = {"sampler": entry.sampler, "steps": entry.steps} if entry is not None else config.get("defaults") or {}
+    sampler, steps = (defaults.get("sampler"), defaults.get("steps")) if method == "partdiff" else (None, None)
 
     out = Path(out_dir)
     if out.exists():
