@@ -137,12 +137,17 @@ def evaluate_segmentation(entries: Sequence[DataEntry], segmenter: Segmenter, pl
                     ref = _on_grid(reference, hr, out)
                     rows += [SegmentationRow(name, factor, method, z, d, ref_name)
                              for z, d in zone_dice(labels, ref).items()]
-                    if n == 0 and factor == max(factors):
+                    if n == 0:
                         example_outputs[f"{method} x{factor}"] = (out, labels)
             result.rows += rows
             if n == 0:
-                result.examples.append({"volume": name, "reference_name": ref_name,
-                                        **_example(hr, reference, example_outputs)})
+                # the figure shows the factor at which the most methods ran (the largest of ties)
+                counts = {f: sum(key.endswith(f" x{f}") for key in example_outputs) for f in factors}
+                shown = max(factors, key=lambda f: (counts[f], f)) if factors else None
+                chosen = {key: value for key, value in example_outputs.items()
+                          if key == ORIGINAL or key.endswith(f" x{shown}")}
+                result.examples.append({"volume": name, "reference_name": ref_name, "codes": hr.orientation,
+                                        **_example(hr, reference, chosen)})
         except (MrisrError, OSError, ValueError, RuntimeError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             result.failures.append((entry.image, reason))
@@ -254,15 +259,25 @@ def write_segmentation_report(result: SegmentationEvaluation, out_dir: str | os.
         ex = result.examples[0]
         panels = ex["panels"]
         fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
+        from mrisr.preview import _display_axes
+
+        _, _, transpose, flips = _display_axes(tuple(ex["codes"]), ex["axis"])
+
+        def show(a: np.ndarray) -> np.ndarray:  # radiological orientation, as --preview shows it
+            a = a.T if transpose else a
+            for dim, flip in enumerate(flips):
+                a = np.flip(a, dim) if flip else a
+            return a
+
         for ax, (title, (image, mask)) in zip(axes[0], panels.items()):
             lo, hi = np.percentile(image, ROBUST_PERCENTILES)
-            ax.imshow(np.rot90(image), cmap="gray", vmin=lo, vmax=hi)
+            ax.imshow(show(image), cmap="gray", vmin=lo, vmax=hi)
             for code, colour in ((1, "#ffcc00"), (2, "#33ccff")):
                 if (mask == code).any():
-                    ax.contour(np.rot90(mask == code), levels=[0.5], colors=colour, linewidths=0.8)
+                    ax.contour(show(mask == code), levels=[0.5], colors=colour, linewidths=0.8)
             ref = ex["reference"]
             if ref.shape == mask.shape:
-                ax.contour(np.rot90(ref > 0), levels=[0.5], colors="#ff3333", linewidths=0.6, linestyles="dotted")
+                ax.contour(show(ref > 0), levels=[0.5], colors="#ff3333", linewidths=0.6, linestyles="dotted")
             ax.set_title(title, fontsize=8)
             ax.axis("off")
         fig.suptitle(f"{ex['volume']}, slice {ex['slice']}: PZ yellow, TZ blue, reference gland red dotted "
