@@ -32,8 +32,7 @@ from mrisr.errors import ConfigError, InputError
 from mrisr.transforms import PAIR_KINDS, InPlaneDegrade, MrisrReader, RobustNormalised, ThroughPlaneDegrade, training_planes
 
 __all__ = ["DataEntry", "load_datalist", "read_datalist", "PlaneBank", "batch_indices", "shard", "step_seed",
-           "PairCropper",
-           "PairBatches"]
+           "PairCropper", "PairBatches", "AUGMENTATIONS"]
 
 logger = logging.getLogger(__name__)
 

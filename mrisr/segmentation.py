@@ -263,7 +263,11 @@ class BundleSegmenter:
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]  # checkpoints saved as {"model": state_dict}
-        network.load_state_dict(state)
+        try:
+            network.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise InputError(f"{self.weights} does not fit the bundle's network_def: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         return network.to(self.device).eval(), pre, inferer, post
 
     @torch.inference_mode()

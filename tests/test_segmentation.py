@@ -181,3 +181,18 @@ def test_bundles_without_weights_or_configs_fail_in_one_line(tmp_path):
     unknown = run_mrisr("evaluate", "segmentation", tmp_path / "datalist.json", "--segmenter", tmp_path / "b",
                         "--methods", "magic")
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
+
+
+def test_a_bundle_whose_weights_do_not_fit_its_network_fails_in_one_line(tmp_path):
+    import torch
+
+    (tmp_path / "b" / "configs").mkdir(parents=True)
+    (tmp_path / "b" / "models").mkdir()
+    (tmp_path / "b" / "configs" / "inference.json").write_text(json.dumps({
+        "network_def": {"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 1},
+        "preprocessing": {"_target_": "Compose", "transforms": []},
+        "inferer": {"_target_": "SimpleInferer"}}))
+    torch.save({"weight": torch.zeros(3, 3)}, tmp_path / "b" / "models" / "model.pt")
+    volume = Volume(np.zeros((4, 4, 2), np.float32), np.eye(4))
+    with pytest.raises(InputError, match="does not fit the bundle's network_def"):
+        BundleSegmenter(tmp_path / "b")(volume)
