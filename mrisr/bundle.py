@@ -173,17 +173,25 @@ def _version_of(package: str) -> str:
         return "not installed"
 
 
+def _config_base(config: dict[str, Any], device: str, output_dir: str) -> dict[str, Any]:
+    """The keys inference.json and train.json share: imports, folders, the model and its network."""
+    return {
+        "imports": ["$import torch", "$import mrisr.bundle as mrisr_bundle"],
+        "bundle_root": ".",
+        "device": device,
+        "dataset_dir": "$@bundle_root + '/data'",
+        "output_dir": f"$@bundle_root + '/{output_dir}'",
+        "model_path": "$@bundle_root + '/models/model.pt'",
+        "mrisr_model": config,
+        "network_def": {"_target_": "mrisr.networks.SR3UNet", **config["network"]},
+    }
+
+
 def _inference_config(config: dict[str, Any], method: str, sampler: str | None, steps: int | None
                       ) -> dict[str, Any]:
     task = config["task"]
     return {
-        "imports": ["$import torch", "$import mrisr.bundle as mrisr_bundle"],
-        "bundle_root": ".",
-        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
-        "dataset_dir": "$@bundle_root + '/data'",
-        "output_dir": "$@bundle_root + '/eval'",
-        "model_path": "$@bundle_root + '/models/model.pt'",
-        "mrisr_model": config,
+        **_config_base(config, "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')", "eval"),
         "plane": task["plane"],
         "factor": int(task["factor"]),
         "method": method,
@@ -195,7 +203,6 @@ def _inference_config(config: dict[str, Any], method: str, sampler: str | None, 
         "batch_size": 8,
         "precision": "auto",
         "overwrite": False,
-        "network_def": {"_target_": "mrisr.networks.SR3UNet", **config["network"]},
         "network": "$@network_def.to(@device)",
         "dataset_data": "$mrisr_bundle.list_inputs(@dataset_dir)",
         "preprocessing": {"_target_": "Compose",
@@ -217,18 +224,11 @@ def _inference_config(config: dict[str, Any], method: str, sampler: str | None, 
 
 def _train_config(config: dict[str, Any]) -> dict[str, Any]:
     return {
-        "imports": ["$import torch", "$import mrisr.bundle as mrisr_bundle"],
-        "bundle_root": ".",
-        "device": "$'cuda' if torch.cuda.is_available() else 'cpu'",
-        "dataset_dir": "$@bundle_root + '/data'",
+        **_config_base(config, "$'cuda' if torch.cuda.is_available() else 'cpu'", "runs/finetune"),
         "datalist": "$@dataset_dir + '/datalist.json'",
-        "output_dir": "$@bundle_root + '/runs/finetune'",
-        "model_path": "$@bundle_root + '/models/model.pt'",
-        "mrisr_model": config,
         "max_steps": 1000,
         "max_minutes": None,
         "overrides": {},
-        "network_def": {"_target_": "mrisr.networks.SR3UNet", **config["network"]},
         "trainer": {"_target_": "mrisr.bundle.FineTune", "model_config": "@mrisr_model",
                     "checkpoint": "@model_path", "datalist": "@datalist", "output_dir": "@output_dir",
                     "max_steps": "@max_steps", "max_minutes": "@max_minutes", "overrides": "@overrides",

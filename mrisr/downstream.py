@@ -25,7 +25,7 @@ import numpy as np
 
 from mrisr.data import DataEntry
 from mrisr.errors import ConfigError, MrisrError
-from mrisr.io import Volume, load_volume, write_json
+from mrisr.io import Volume, load_volume, write_bytes, write_json
 from mrisr.segmentation import ZONES, Segmenter, resample_labels, zone_dice
 from mrisr.transforms import ROBUST_PERCENTILES
 
@@ -157,26 +157,13 @@ def evaluate_segmentation(entries: Sequence[DataEntry], segmenter: Segmenter, pl
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    from mrisr.io import _atomic_write
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-
-    _atomic_write(path, write)
+    write_bytes(text.encode("utf-8"), path)
 
 
 def _atomic_figure(path: Path, fig: Any) -> None:
-    from mrisr.io import _atomic_write
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            fh.write(buf.getvalue())
-
-    _atomic_write(path, write)
+    write_bytes(buf.getvalue(), path)
 
 
 def write_segmentation_report(result: SegmentationEvaluation, out_dir: str | os.PathLike, segmenter_name: str,

@@ -757,6 +757,18 @@ def read_provenance(path: str | os.PathLike) -> dict[str, Any] | None:
     return None
 
 
+def write_bytes(data: bytes, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write ``data`` (a PNG, a text table) atomically (see :func:`_atomic_write`)."""
+    out = Path(path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    _atomic_write(out, write, overwrite=overwrite)
+    return out
+
+
 def write_json(obj: Any, path: str | os.PathLike, overwrite: bool = True) -> Path:
     """Write ``obj`` as indented JSON, atomically (see :func:`_atomic_write` for ``overwrite``)."""
     out = Path(path)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mrisr.geometry import UpsamplingPlan, voxel_spacing
-from mrisr.io import Volume, _atomic_write
+from mrisr.io import Volume, write_bytes
 
 __all__ = ["write_preview", "nearest_on_grid"]
 
@@ -105,10 +105,4 @@ def write_preview(source: Volume, result: Volume, plan: UpsamplingPlan, path: st
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            fh.write(buf.getvalue())
-
-    _atomic_write(out, write)
-    return out
+    return write_bytes(buf.getvalue(), out)

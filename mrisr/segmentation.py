@@ -154,18 +154,12 @@ class MrisrSegmenter:
 
     def __init__(self, path: str | os.PathLike, label_map: dict[int, int] | None = None,
                  device: str | torch.device = "cpu") -> None:
-        from safetensors import safe_open
+        from mrisr.models import _read
 
         p = Path(path)
         if not p.is_file():
             raise InputError(f"segmenter not found: {p}")
-        try:
-            with safe_open(str(p), framework="pt") as fh:
-                config = json.loads((fh.metadata() or {}).get("mrisr_config", "{}"))
-                state = {k: fh.get_tensor(k) for k in fh.keys()}
-        except Exception as exc:
-            raise InputError(f"{p} is not a segmenter file mrisr can read: "
-                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        config, state = _read(p)  # the model files' reader: config from the metadata, tensors only
         if config.get("format") != SEGMENTER_FORMAT:
             raise InputError(f"{p} is not an mrisr segmenter (format {config.get('format')!r}, expected "
                              f"{SEGMENTER_FORMAT})")
