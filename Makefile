@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[test,demo,bundle]'
+	$(PY) -m pip install --quiet -e '.[test,demo,bundle,natural]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

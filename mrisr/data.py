@@ -3,6 +3,8 @@
 * :func:`load_datalist` / :func:`read_datalist`: decathlon-format JSON (or globs) into
   :class:`DataEntry` lists.
 * :class:`PlaneBank`: the normalised 2D planes of a list of volumes, in memory.
+* :class:`ImageBank`: the same for natural images (PNG / JPEG, grey or RGB): ``(C, H, W)``
+  planes in [-1, 1], which every step below takes as it takes MRI planes.
 * :class:`PairCropper`: one random training crop of a plane and its condition. The condition
   is made from the crop plus a margin wide enough for the degradation's kernels, not from the
   whole plane (a 96 x 96 crop of a 384 x 384 plane costs ~1/10 of the work), and the margin
@@ -31,7 +33,8 @@ import torch.nn.functional as F
 from mrisr.errors import ConfigError, InputError
 from mrisr.transforms import PAIR_KINDS, InPlaneDegrade, MrisrReader, RobustNormalised, ThroughPlaneDegrade, training_planes
 
-__all__ = ["DataEntry", "load_datalist", "read_datalist", "PlaneBank", "batch_indices", "shard", "step_seed",
+__all__ = ["DataEntry", "load_datalist", "read_datalist", "PlaneBank", "ImageBank", "DATA_KINDS", "batch_indices",
+           "shard", "step_seed",
            "PairCropper", "PairBatches", "AUGMENTATIONS"]
 
 logger = logging.getLogger(__name__)
@@ -83,15 +86,28 @@ def load_datalist(path: str | os.PathLike) -> tuple[list[DataEntry], list[DataEn
 def read_datalist(config: dict[str, Any]) -> tuple[list[DataEntry], list[DataEntry]]:
     """Training and validation entries from ``data.datalist`` (MONAI decathlon JSON: lists
     ``training`` and ``validation`` of ``{"image": path, "patient": id, "plane": ...}``, paths
-    relative to the JSON file) or ``data.glob`` / ``data.validation_glob``.
+    relative to the JSON file) or ``data.glob`` / ``data.validation_glob`` (for images also a
+    folder, searched recursively for PNG / JPEG files).
 
-    Entries are filtered by ``data.planes`` when set. A patient may not be in both lists.
+    Entries are filtered by ``data.planes`` when set. A patient may not be in both lists (for
+    natural images, ``data.kind: images``, the same file may not: an entry or glob may also
+    name a folder of images).
     """
     data = config["data"]
     base = Path(config.get("config_dir", "."))
     if data["datalist"]:
         path = Path(data["datalist"])
         train, val = load_datalist(path if path.is_absolute() else base / path)
+    elif data.get("kind") == "images":
+        from mrisr.images import list_images
+
+        def images(pattern: str | None) -> list[DataEntry]:
+            if not pattern:
+                return []
+            pat = pattern if Path(pattern).is_absolute() else str(base / pattern)
+            return [DataEntry(str(f.resolve()), f.parent.name) for f in list_images(pat)]
+
+        train, val = images(data["glob"]), images(data["validation_glob"])
     else:
         def expand(pattern: str | None) -> list[str]:
             if not pattern:
@@ -105,6 +121,14 @@ def read_datalist(config: dict[str, Any]) -> tuple[list[DataEntry], list[DataEnt
         wanted = set(data["planes"])
         train = [e for e in train if e.plane in wanted]
         val = [e for e in val if e.plane in wanted]
+    if data.get("kind") == "images":
+        train, val = _image_entries(train), _image_entries(val)
+        both = {e.image for e in train} & {e.image for e in val}
+        if both:
+            raise ConfigError(f"{len(both)} images in both training and validation, e.g. {sorted(both)[0]}")
+        if not train:
+            raise ConfigError("the data has no training images")
+        return train, val
     overlap = {e.patient for e in train} & {e.patient for e in val}
     if overlap:
         raise ConfigError(f"patients in both training and validation: {', '.join(sorted(overlap))}")
@@ -113,7 +137,43 @@ def read_datalist(config: dict[str, Any]) -> tuple[list[DataEntry], list[DataEnt
     return train, val
 
 
-class PlaneBank:
+def _image_entries(entries: list[DataEntry]) -> list[DataEntry]:
+    """Entries naming folders expanded into one entry per image file in them."""
+    from mrisr.images import list_images
+
+    out: list[DataEntry] = []
+    for e in entries:
+        if Path(e.image).is_dir():
+            out += [DataEntry(str(f.resolve()), f.parent.name) for f in list_images(e.image)]
+        else:
+            out.append(DataEntry(str(Path(e.image).resolve()), e.patient, e.plane, e.series, e.label))
+    return out
+
+
+DATA_KINDS = ("volumes", "images")
+
+
+class _Bank:
+    """What the plane and image banks share: their planes, and how unusable entries end."""
+
+    planes: list[np.ndarray]
+
+    def _settle(self, problems: list[str], skip_bad: bool, had_entries: bool, what: str, usable: str) -> None:
+        """Stop on unusable entries (or skip them with a warning), and on none usable at all."""
+        if problems:
+            if not skip_bad:
+                raise InputError(f"{len(problems)} {what} cannot be used (pass --skip-bad to skip them): "
+                                 + "; ".join(problems))
+            for problem in problems:
+                logger.warning("skipping %s", problem)
+        if had_entries and not self.planes:
+            raise InputError(f"no usable {usable}")
+
+    def __len__(self) -> int:
+        return len(self.planes)
+
+
+class PlaneBank(_Bank):
     """The normalised 2D planes of a list of volumes, held in memory.
 
     Volumes are read by MONAI's ``LoadImaged`` with :class:`~mrisr.transforms.MrisrReader`
@@ -150,17 +210,47 @@ class PlaneBank:
             for plane in training_planes(image.numpy(), affine, kind):  # type: ignore[arg-type]
                 self.planes.append(plane)
                 self.sources.append(entry.image)
-        if problems:
-            if not skip_bad:
-                raise InputError(f"{len(problems)} datalist entries cannot be used (pass --skip-bad to skip them): "
-                                 + "; ".join(problems))
-            for problem in problems:
-                logger.warning("skipping %s", problem)
-        if entries and not self.planes:
-            raise InputError("no usable volumes in the datalist")
+        self._settle(problems, skip_bad, bool(entries), "datalist entries", "volumes in the datalist")
 
-    def __len__(self) -> int:
-        return len(self.planes)
+
+class ImageBank(_Bank):
+    """Natural images (PNG / JPEG) as ``(C, H, W)`` planes in [-1, 1], held in memory.
+
+    Training images keep their aspect ratio with the shorter edge resized to ``size``, so
+    random crops of ``size`` pixels are the paper's random squares along the longer edge;
+    validation images are centre squares resized to ``size`` (``size`` None keeps the
+    original resolution). Every file is read before training starts, so a bad one is
+    reported with its path at once.
+
+    Attributes:
+        planes: ``(C, H, W)`` float32 arrays.
+        sources: the file of each plane.
+        degraded_spacings: empty (images have no physical spacing).
+    """
+
+    def __init__(self, entries: list[DataEntry], channels: int, size: int | None, centre_square: bool,
+                 skip_bad: bool = False) -> None:
+        from mrisr.images import normalise_image, read_image, resize, shorter_edge_to, square
+
+        self.planes: list[np.ndarray] = []
+        self.sources: list[str] = []
+        self.degraded_spacings: list[float] = []
+        problems = []
+        for entry in entries:
+            try:
+                image = read_image(entry.image, channels)
+            except InputError as exc:
+                problems.append(str(exc))
+                continue
+            if centre_square:
+                image = square(image)
+                if size:
+                    image = resize(image, size, size)
+            elif size:
+                image = shorter_edge_to(image, size)
+            self.planes.append(np.ascontiguousarray(normalise_image(image), dtype=np.float32))
+            self.sources.append(entry.image)
+        self._settle(problems, skip_bad, bool(entries), "images", "images in the data")
 
 
 def _degraded_spacings(affine: np.ndarray, kind: str) -> list[float]:
@@ -264,12 +354,14 @@ class PairCropper:
         return lo, hi, start - lo
 
     def __call__(self, plane: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(1, crop, crop)`` high-resolution crop and its condition."""
+        """``(C, crop, crop)`` high-resolution crop and its condition, from an ``(H, W)`` plane
+        (C = 1) or a ``(C, H, W)`` one (e.g. an RGB image)."""
         (fh, fw), (mh, mw) = self.factors, self.margins
-        h, w = plane.shape[0] // fh * fh, plane.shape[1] // fw * fw
+        h, w = plane.shape[-2] // fh * fh, plane.shape[-1] // fw * fw
         r0, r1, dr = self._window(h, fh, mh, rng)
         c0, c1, dc = self._window(w, fw, mw, rng)
-        window = torch.from_numpy(np.ascontiguousarray(plane[r0:r1, c0:c1], dtype=np.float32))[None, None]
+        window = torch.from_numpy(np.ascontiguousarray(plane[..., r0:r1, c0:c1], dtype=np.float32))
+        window = window[None, None] if window.ndim == 2 else window[None]
         if self._in is not None:
             self._in.sigma = float(rng.uniform(0.0, self.blur_sigma_max)) if self.blur_sigma_max > 0 else 0.0
             cond = self._in(window, randomize=False)
@@ -278,7 +370,7 @@ class PairCropper:
         ch, cw = min(self.crop, h), min(self.crop, w)
         hr = window[0, :, dr:dr + ch, dc:dc + cw]
         cond = cond[0, :, dr:dr + ch, dc:dc + cw]
-        pair = torch.stack([hr, cond])  # (2, 1, ch, cw)
+        pair = torch.stack([hr, cond])  # (2, C, ch, cw)
         pair = torch.stack([_pad_to(_pad_to(p, self.crop, 1), self.crop, 2) for p in pair])
         # left-right flips always; up-down only where rows are not anatomy's fixed S-I order
         # of in-plane slices (through-plane rows run S->I in cor / sag, I->S in axial reformats)
@@ -296,7 +388,7 @@ class PairCropper:
 
 
 class PairBatches(torch.utils.data.Dataset):
-    """Item ``step`` is one rank's batch ``(hr, condition)``, each ``(B, 1, crop, crop)``.
+    """Item ``step`` is one rank's batch ``(hr, condition)``, each ``(B, C, crop, crop)``.
 
     Args:
         planes: the training planes (a :class:`PlaneBank`'s ``planes``).

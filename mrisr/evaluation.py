@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["psnr", "ssim", "radial_power_spectrum", "spectral_error"]
+__all__ = ["psnr", "ssim", "radial_power_spectrum", "spectral_error", "consistency_mse", "topk_accuracy",
+           "verification_accuracy"]
 
 
 def psnr(estimate: np.ndarray, reference: np.ndarray, data_range: float | None = None) -> float:
@@ -108,3 +109,67 @@ def spectral_error(estimate: np.ndarray, reference: np.ndarray, cutoff: float,
     for name, band in (("low_db", band_dc & (freqs <= cutoff)), ("high_db", freqs > cutoff)):
         out[name] = float(10.0 * np.log10(max(p_est[band].sum(), 1e-30) / max(p_ref[band].sum(), 1e-30)))
     return out
+
+
+def consistency_mse(estimate: np.ndarray, lowres: np.ndarray, factor: int) -> float:
+    """The paper's consistency (Sec. 5.3, Tables 5-6): the MSE between the output downsampled
+    as its input was (anti-aliased bicubic by ``factor`` along both axes) and that low-resolution
+    input, in the images' own units (0..255 for natural images).
+
+    Args:
+        estimate: ``(C, H, W)`` or ``(H, W)`` output.
+        lowres: the low-resolution input, ``(C, H / factor, W / factor)`` or 2D.
+        factor: the integer factor.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    est = torch.as_tensor(np.asarray(estimate, dtype=np.float64))
+    low = np.asarray(lowres, dtype=np.float64)
+    est = est.reshape(1, -1, *est.shape[-2:])
+    if est.shape[-2] != low.shape[-2] * factor or est.shape[-1] != low.shape[-1] * factor:
+        raise ValueError(f"output {tuple(est.shape[-2:])} is not {factor} x the input {low.shape[-2:]}")
+    down = F.interpolate(est, size=low.shape[-2:], mode="bicubic", antialias=True, align_corners=False)
+    return float(np.mean((down.numpy().reshape(low.shape) - low) ** 2))
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
+    """Fraction of rows of ``scores`` ``(N, classes)`` whose ``labels`` are among the ``k``
+    highest scores (ties broken by class index, as ``argsort`` with a stable sort)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    if scores.ndim != 2 or len(scores) != len(labels):
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} do not match")
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float(np.mean([label in row for label, row in zip(labels, top)]))
+
+
+def verification_accuracy(similarity: np.ndarray, same: np.ndarray, folds: int = 10) -> tuple[float, float]:
+    """Face-verification accuracy by the LFW protocol: the pairs split into ``folds``
+    consecutive folds; for each, the threshold that maximises accuracy on the other folds
+    (``similarity > threshold`` means "same person") is applied to it.
+
+    Returns:
+        mean and standard deviation of the per-fold accuracies.
+    """
+    similarity = np.asarray(similarity, dtype=np.float64)
+    same = np.asarray(same, dtype=bool)
+    if similarity.shape != same.shape or similarity.ndim != 1 or len(similarity) < folds:
+        raise ValueError(f"need one similarity per pair and at least {folds} pairs")
+    parts = np.array_split(np.arange(len(similarity)), folds)
+    values = np.unique(similarity)
+    candidates = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2, [values[-1] + 1.0]])
+
+    def accuracies(idx: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+        pos = np.sort(similarity[idx][same[idx]])
+        neg = np.sort(similarity[idx][~same[idx]])
+        right = (len(pos) - np.searchsorted(pos, thresholds, side="right")
+                 + np.searchsorted(neg, thresholds, side="right"))
+        return right / len(idx)
+
+    scores = []
+    for test in parts:
+        train = np.setdiff1d(np.arange(len(similarity)), test)
+        best = candidates[int(np.argmax(accuracies(train, candidates)))]  # the lowest of equally good thresholds
+        scores.append(float(accuracies(test, np.array([best]))[0]))
+    return float(np.mean(scores)), float(np.std(scores))

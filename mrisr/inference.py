@@ -41,6 +41,8 @@ __all__ = [
     "resolve_device",
     "UpsampleResult",
     "upsample_volume",
+    "ImagePlan",
+    "upsample_images",
     "plane_seed",
     "fit_batch_size",
 ]
@@ -275,6 +277,7 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
         if loaded.objective == "partdiff" and k > inferer.k:
             raise ConfigError(f"{loaded.path.name} is latent-aligned for K = {inferer.k}: it was trained for steps up "
                               f"to {inferer.k} only, so --k must be at most {inferer.k}, got {k}")
+    _check_data_kind(loaded, plan)
     start_loaded = None
     if start not in (None, "lowres", "regression"):
         raise ConfigError(f"--start must be lowres or regression, got {start!r}")
@@ -282,6 +285,7 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
         if method != "partdiff":
             raise ConfigError("--start regression applies to --method partdiff only")
         start_loaded = load_start_model(start_model, plan.plane, plan.factor, device=device, autocast_dtype=dtype)
+        _check_data_kind(start_loaded, plan)
     elif start_model is not None:
         raise ConfigError("--start-model needs --start regression")
     learned = _Learned(model=loaded, method=method, sampler=sampler, steps=steps, device=device, precision=precision,
@@ -297,6 +301,24 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     spacing = loaded.config.get("input_spacing_mm") or (shipped_entry.input_spacing_mm if shipped_entry else None)
     learned.input_spacing_mm = tuple(float(x) for x in spacing) if spacing else None
     return learned
+
+
+def _check_data_kind(loaded: Any, plan: Any) -> None:
+    """A natural-image model runs on images only, an MRI model on volumes only, and an image
+    model only on images with its number of channels."""
+    from mrisr.images import image_channels, is_image_model
+
+    for_images = isinstance(plan, ImagePlan)
+    name = loaded.path.name
+    if is_image_model(loaded.config) and not for_images:
+        raise ConfigError(f"{name} is a natural-image model ({image_channels(loaded.config)} channels, 0-255 "
+                          "intensities); run it with mrisr.inference.upsample_images or pipelines/benchmark_natural.py")
+    if for_images and not is_image_model(loaded.config):
+        raise ConfigError(f"{name} is an MRI model (intensities normalised per volume); natural images need a model "
+                          "trained with data.kind: images")
+    if for_images and image_channels(loaded.config) != plan.channels:
+        raise ConfigError(f"{name} makes {image_channels(loaded.config)}-channel images, not {plan.channels}-channel "
+                          "ones")
 
 
 def _default_sampling(method: str, defaults: dict[str, Any], sampler: str | None, steps: int | None,
@@ -605,3 +627,68 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     return UpsampleResult(volume=out, plan=plan, method=method, device=str(dev), seconds=seconds,
                           network_evaluations=int(upsampler.network_evaluations), std_volume=std_volume,
                           extras=extras)
+
+
+# --------------------------------------------------------------------------------------------
+# natural images
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """What a method is told when it upsamples natural images: in-plane by ``factor``, images
+    of ``channels`` channels (the volume loop passes an :class:`~mrisr.geometry.UpsamplingPlan`)."""
+
+    factor: int
+    channels: int = 3
+    plane: str = "in"
+
+
+def upsample_images(lowres: torch.Tensor, factor: int, method: str = "bicubic", device: str = "cpu",
+                    batch_size: int = 8, seed: int = 0, first_index: int = 0,
+                    **options: Any) -> tuple[torch.Tensor, PlaneUpsampler]:
+    """Super-resolve natural images with any registered method: the same methods, samplers and
+    models as for MRI planes, on ``C``-channel images in 0..255.
+
+    Args:
+        lowres: ``(B, C, h, w)`` low-resolution images, values 0..255 (C = 1 or 3).
+        factor: the integer factor along both axes.
+        method: a registered method; learned ones need ``model=`` (a natural-image model file
+            or :class:`~mrisr.models.LoadedModel`: no natural-image models ship).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        batch_size: images per call of the method.
+        seed: seed of stochastic methods; image ``i`` draws from ``(seed, first_index + i)``,
+            so results do not depend on the batch size or on how a folder is split into calls.
+        first_index: the index of ``lowres[0]`` in the whole set.
+        options: as for :func:`upsample_volume` (``model``, ``sampler``, ``steps``, ``k``,
+            ``precision``, ``start``, ``start_model``).
+
+    Returns:
+        ``(B, C, h * factor, w * factor)`` float32 images in 0..255, and the method's upsampler
+        (its ``network_evaluations`` and ``steps_run`` say what it cost).
+
+    Raises:
+        ConfigError: a learned method without a model, an MRI model, a channel mismatch or a
+            bad option combination.
+    """
+    from mrisr.images import denormalise_image, normalise_image
+
+    require_int(batch_size, "batch size")
+    if lowres.ndim != 4 or lowres.shape[1] not in (1, 3):
+        raise ConfigError(f"images must be (B, 1 or 3, H, W), got shape {tuple(lowres.shape)}")
+    spec = get_method(method)
+    given = sorted(k for k, v in options.items() if v is not None)
+    if not spec.learned and given:
+        raise ConfigError(f"--method {method} takes no {', '.join('--' + k for k in given)}")
+    if spec.learned and options.get("model") is None:
+        raise ConfigError(f"--method {method} on natural images needs a model (--model FILE): mrisr ships MRI "
+                          "models only")
+    dev = resolve_device(device)
+    upsampler = spec.build(device=dev, seed=seed, plan=ImagePlan(factor=int(factor), channels=int(lowres.shape[1])),
+                           **options)
+    outs = []
+    for lo in range(0, lowres.shape[0], batch_size):
+        batch = normalise_image(lowres[lo:lo + batch_size].to(dev, torch.float32))
+        seeds = [plane_seed(seed, 0, first_index + lo + i) for i in range(len(batch))]
+        with torch.inference_mode():
+            outs.append(denormalise_image(upsampler(batch, (int(factor), int(factor)), seeds).float()).cpu())
+    return torch.cat(outs), upsampler

@@ -31,12 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mrisr.data import (AUGMENTATIONS, DataEntry, PairBatches, PairCropper, PlaneBank, batch_indices, load_datalist,
-                        read_datalist, step_seed)
+from mrisr.data import (AUGMENTATIONS, DATA_KINDS, DataEntry, ImageBank, PairBatches, PairCropper, PlaneBank,
+                        batch_indices, load_datalist, read_datalist, step_seed)
 from mrisr.devices import resolve_device, resolve_precision
 from mrisr.diffusion import INFERENCE_SCHEDULE, OBJECTIVES, TRAINING_SCHEDULE, PartialDiffusionInferer
 from mrisr.errors import ConfigError, MrisrError, require_int
 from mrisr.evaluation import psnr, ssim
+from mrisr.images import IMAGE_NORMALISATION
 from mrisr.models import model_config, save_model
 from mrisr.networks import SR3UNet, network_config
 from mrisr.transforms import PAIR_KINDS, ROBUST_PERCENTILES, plane_degradation
@@ -53,7 +54,10 @@ DEFAULTS: dict[str, Any] = {
     "objective": "partdiff",
     "k_noise_level": 0.25,
     "task": {"plane": "in", "factor": 4, "pairs": "in", "blur_sigma_max": 1.5},
-    "data": {"datalist": None, "glob": None, "validation_glob": None, "planes": None,
+    # kind "images": PNG / JPEG natural images with `channels` 1 or 3, resized to `image_size`
+    # (the shorter edge for training, centre squares for validation; None keeps them as they are)
+    "data": {"kind": "volumes", "channels": 1, "image_size": None,
+             "datalist": None, "glob": None, "validation_glob": None, "planes": None,
              "normalisation": {"kind": "robust", "lower": ROBUST_PERCENTILES[0], "upper": ROBUST_PERCENTILES[1]},
              "crop": 96, "num_workers": 0,
              "augment": "flips"},
@@ -154,6 +158,21 @@ def _validate(config: dict[str, Any]) -> None:
                           "(in-plane models use 'in' pairs; through-plane ones 'through' or 'selfsup')")
     if not isinstance(task["factor"], int) or task["factor"] < 2:
         raise ConfigError(f"task.factor must be an integer >= 2, got {task['factor']!r}")
+    data = config["data"]
+    if data["kind"] not in DATA_KINDS:
+        raise ConfigError(f"data.kind must be one of {', '.join(DATA_KINDS)}, got {data['kind']!r}")
+    if data["channels"] not in (1, 3) or (data["kind"] == "volumes" and data["channels"] != 1):
+        raise ConfigError(f"data.channels must be 1 (volumes, grey images) or 3 (RGB images), got {data['channels']!r}")
+    if data["kind"] == "images":
+        if task["pairs"] != "in":
+            raise ConfigError("natural images (data.kind: images) train in-plane pairs: task.plane in, task.pairs in")
+        if data["image_size"] is not None:
+            require_int(data["image_size"], "data.image_size", 8)
+            if data["image_size"] % task["factor"] or data["image_size"] < data["crop"]:
+                raise ConfigError(f"data.image_size {data['image_size']} must be divisible by task.factor "
+                                  f"{task['factor']} and at least data.crop {data['crop']}")
+    elif data["image_size"] is not None:
+        raise ConfigError("data.image_size applies to data.kind: images only")
     crop = config["data"]["crop"]
     if not isinstance(crop, int) or crop < 8 or crop % task["factor"]:
         raise ConfigError(f"data.crop must be an integer >= 8 divisible by task.factor {task['factor']}, got {crop!r}")
@@ -238,8 +257,13 @@ class Trainer:
         self.seed = int(config["seed"])
 
         task = config["task"]
-        norm = config["data"]["normalisation"]
-        self.net_kwargs = network_config(**{k: v for k, v in config["network"].items()})
+        data = config["data"]
+        images = data["kind"] == "images"
+        norm = IMAGE_NORMALISATION if images else config["data"]["normalisation"]
+        # the network sees the condition and the noisy image: 2 x the image's channels in, its channels out
+        channels = int(data["channels"])
+        self.net_kwargs = network_config(**{"in_channels": 2 * channels, "out_channels": channels,
+                                            **config["network"]})
         self.inferer = PartialDiffusionInferer(
             objective=config["objective"], train_schedule=config["schedules"]["train"],
             inference_schedule=config["schedules"]["inference"], k_noise_level=config["k_noise_level"],
@@ -255,10 +279,16 @@ class Trainer:
             training={k: v for k, v in config.items() if k != "config_dir"})
 
         train_entries, val_entries = read_datalist(config)
-        self.train_bank = PlaneBank(train_entries, task["pairs"], norm["lower"], norm["upper"], skip_bad)
-        val_kind = "through" if task["pairs"] == "selfsup" and any(e.plane in ("cor", "sag") for e in val_entries) \
-            else task["pairs"]
-        self.val_bank = PlaneBank(val_entries, val_kind, norm["lower"], norm["upper"], skip_bad)
+        self.train_bank: PlaneBank | ImageBank
+        self.val_bank: PlaneBank | ImageBank
+        if images:
+            self.train_bank = ImageBank(train_entries, channels, data["image_size"], False, skip_bad)
+            self.val_bank = ImageBank(val_entries, channels, data["image_size"], True, skip_bad)
+        else:
+            self.train_bank = PlaneBank(train_entries, task["pairs"], norm["lower"], norm["upper"], skip_bad)
+            val_kind = "through" if task["pairs"] == "selfsup" and any(e.plane in ("cor", "sag") for e in val_entries) \
+                else task["pairs"]
+            self.val_bank = PlaneBank(val_entries, val_kind, norm["lower"], norm["upper"], skip_bad)
         # what the model serves, stored in its file: the low-resolution input spacing it was trained
         # for (warned about when an input is far outside) and the sampler mrisr upsample defaults to
         if self.train_bank.degraded_spacings:
@@ -432,9 +462,9 @@ class Trainer:
         units (data range 2, the robust [-1, 1] span).
 
         Every plane of every validation series is used (``validation.slices`` > 0 takes that
-        many evenly spaced planes per series instead), whole and degraded exactly as the
-        benchmark degrades them, so borders and background count as they do for ``mrisr
-        upsample``. Besides the means, the worst plane and the worst series (lowest mean gain
+        many evenly spaced planes per series instead; for natural images, that many images),
+        whole and degraded exactly as the benchmark degrades them, so borders and background
+        count as they do for ``mrisr upsample``. Besides the means, the worst plane and the worst series (lowest mean gain
         over bicubic) are reported: a model chosen on a few central crops can fail elsewhere.
         """
         cfg = self.config["validation"]
@@ -447,27 +477,41 @@ class Trainer:
         for i, source in enumerate(self.val_bank.sources):
             series.setdefault(source, []).append(i)
         wanted = int(cfg["slices"] or 0)
+        # natural images: each image is its own "series"; validation.slices > 0 takes that many
+        # evenly spaced images, batched by size
+        groups = series
+        if isinstance(self.val_bank, ImageBank):
+            idx = list(range(len(self.val_bank)))
+            if 0 < wanted < len(idx):
+                idx = [idx[int(round(p))] for p in np.linspace(0, len(idx) - 1, wanted)]
+            groups = {}
+            for i in idx:
+                groups.setdefault(str(self.val_bank.planes[i].shape), []).append(i)
+            series = {self.val_bank.sources[i]: [i] for i in idx}
+            wanted = 0
         sampling = self._validation_sampling()
         inferer = PartialDiffusionInferer(**self.inferer.config(), autocast_dtype=torch.bfloat16
                                           if self.precision == "bf16" else None)
         rows: list[dict[str, Any]] = []
         evaluations = 0
         batch = int(cfg["batch_size"])
-        for source, idx in series.items():
+        for idx in groups.values():
             if 0 < wanted < len(idx):
                 idx = [idx[int(round(p))] for p in np.linspace(0, len(idx) - 1, wanted)]
             for lo in range(0, len(idx), batch):
                 chunk = idx[lo:lo + batch]
                 planes = [self.val_bank.planes[i] for i in chunk]
-                h, w = planes[0].shape[0] // fh * fh, planes[0].shape[1] // fw * fw
-                hr = torch.stack([torch.from_numpy(p[:h, :w]) for p in planes])[:, None].float()
+                h, w = planes[0].shape[-2] // fh * fh, planes[0].shape[-1] // fw * fw
+                hr = torch.stack([torch.from_numpy(p[..., :h, :w]) for p in planes]).float()
+                hr = hr[:, None] if hr.ndim == 3 else hr  # (B, C, H, W); C = 3 for RGB images
                 cond = degrade(hr)
                 gens = [torch.Generator(self.device).manual_seed(1000 + i) for i in chunk]
                 out = inferer.sample(cond.to(self.device), self.ema, generators=gens, **sampling)
                 evaluations = max(evaluations, inferer.network_evaluations)
                 for j, i in enumerate(chunk):
-                    a, b, r = out[j, 0].float().cpu().numpy(), cond[j, 0].numpy(), hr[j, 0].numpy()
-                    rows.append({"series": source, "psnr": psnr(a, r, 2.0), "ssim": ssim(a, r, 2.0),
+                    # (H, W) for one channel, (C, H, W) otherwise: SSIM is then the mean over channels
+                    a, b, r = (t[j].squeeze(0).float().cpu().numpy() for t in (out, cond, hr))
+                    rows.append({"series": self.val_bank.sources[i], "psnr": psnr(a, r, 2.0), "ssim": ssim(a, r, 2.0),
                                  "psnr_bicubic": psnr(b, r, 2.0), "ssim_bicubic": ssim(b, r, 2.0)})
         gains = np.array([r["psnr"] - r["psnr_bicubic"] for r in rows])
         per_series = {s: float(np.mean([r["psnr"] - r["psnr_bicubic"] for r in rows if r["series"] == s]))

@@ -13,6 +13,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the two coarsest levels (SR3 attends at 16x16 and below).
     "paper-mri": {"channels": (128, 128, 256, 256, 512, 512), "num_res_blocks": 3,
                   "attention_levels": (False, False, False, False, True, True)},
+    # Table 1, RGB at 128 and 256: the MRI network's shape (give in_channels 6 / out_channels 3, or
+    # let `mrisr train` set them from data.channels)
+    "paper-rgb": {"channels": (128, 128, 256, 256, 512, 512), "num_res_blocks": 3,
+                  "attention_levels": (False, False, False, False, True, True)},
     # Table 1, RGB 512: base 64, multipliers {1, 1, 2, 2, 4, 4, 8, 8}, 2 residual blocks.
     "paper-rgb512": {"channels": (64, 64, 128, 128, 256, 256, 512, 512), "num_res_blocks": 2,
                      "attention_levels": (False,) * 6 + (True, True)},
