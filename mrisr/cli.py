@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--steps", help="partdiff ancestral: K, the start step (default: the model's); "
                     "ddim: network evaluations (default: the shipped model's, else 8)")
     up.add_argument("--k", help="partdiff: K, the step the sampler starts from (default: the model's)")
+    up.add_argument("--evaluations", help="ddim: network evaluations per plane (the same number --steps sets for "
+                    "DDIM; default: the model's, else 8)")
     up.add_argument("--start", choices=["lowres", "regression"], help="partdiff: the image diffused to step K: "
                     "the bicubic-upsampled input (lowres, the paper's) or a regression model's output "
                     "(a start closer to the high-resolution image; pair it with a smaller --k)")
@@ -256,6 +258,7 @@ def _upsample_options(args: argparse.Namespace) -> dict[str, Any]:
         "samples": _positive_int(args.samples, "--samples"),
         "steps": _positive_int(args.steps, "--steps") if args.steps is not None else None,
         "k": _positive_int(args.k, "--k") if args.k is not None else None,
+        "evaluations": _positive_int(args.evaluations, "--evaluations") if args.evaluations is not None else None,
         "seed": _int_at_least(args.seed, "--seed", 0),
         "adapt": None,
     }
@@ -379,6 +382,7 @@ def cmd_upsample(args: argparse.Namespace) -> int:
                              device=args.device, batch_size=options["batch_size"], seed=options["seed"],
                              samples=options["samples"], progress=not args.quiet, model=args.model,
                              sampler=args.sampler, steps=options["steps"], precision=args.precision, k=options["k"],
+                             evaluations=options["evaluations"],
                              start=args.start, start_model=args.start_model, clip=not args.no_clip,
                              adapt=options["adapt"], save_adapted=args.save_adapted,
                              on_start=_announce(args, src.name, out))
@@ -522,7 +526,8 @@ def _run_cases(args: argparse.Namespace, options: dict[str, Any], cases: list[di
                                      method=args.method, device=device, batch_size=options["batch_size"],
                                      seed=options["seed"], samples=options["samples"], progress=False,
                                      model=args.model, sampler=args.sampler, steps=options["steps"],
-                                     precision=args.precision, k=options["k"], start=args.start,
+                                     precision=args.precision, k=options["k"], evaluations=options["evaluations"],
+                                     start=args.start,
                                      start_model=args.start_model, clip=not args.no_clip,
                                      adapt=options["adapt"])
             redo = args.overwrite or out.exists()  # an incomplete output is replaced

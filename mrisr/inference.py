@@ -184,19 +184,9 @@ class _Learned:
 
     @property
     def steps_run(self) -> int:
-        """Network evaluations per plane: the steps this configuration actually runs."""
-        from mrisr.diffusion import DEFAULT_DDIM_STEPS, ddim_steps
-
-        inferer = self.model.inferer
-        if self.method == "regression":
-            return 1
+        """Network evaluations per plane: the sampling plan's, plus one for a regression start."""
         extra = 1 if self.start_model is not None else 0
-        if self.sampler == "ddim":
-            start = inferer.inference_schedule.num_steps if self.method == "sr3" else (self.k or inferer.k)
-            return extra + len(ddim_steps(start, self.steps or DEFAULT_DDIM_STEPS))
-        if self.method == "sr3":
-            return inferer.inference_schedule.num_steps
-        return extra + (self.steps or self.k or inferer.k)
+        return extra + self.model.inferer.plan(self.method, self.sampler, self.steps, self.k).network_evaluations
 
     def __call__(self, planes: torch.Tensor, factors: tuple[int, int], seeds: list[int]) -> torch.Tensor:
         condition = bicubic_upsample(planes.to(self.device, torch.float32), factors)
@@ -214,7 +204,7 @@ class _Learned:
 def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, model: Any = None,
                    sampler: str | None = None, steps: int | None = None, precision: Precision | None = None,
                    k: int | None = None, start: str | None = None, start_model: str | None = None,
-                   **_: Any) -> PlaneUpsampler:
+                   evaluations: int | None = None, **_: Any) -> PlaneUpsampler:
     from mrisr.diffusion import SAMPLERS
     from mrisr.models import LoadedModel, default_model, load_model, load_start_model, shipped_models
 
@@ -226,7 +216,7 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
         shipped = default_model(method, plan.plane, plan.factor)
         model, expected_sha256, served = str(shipped.path), shipped.sha256, True
         sampler, steps = _default_sampling(method, {"sampler": shipped.sampler, "steps": shipped.steps},
-                                           sampler, steps, k)
+                                           sampler, steps, k, evaluations)
     else:
         served = any(m.serves(method, plan.plane, plan.factor) and m.path == Path(model).resolve()
                      for m in shipped_models())
@@ -239,7 +229,8 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
         loaded = load_model(model, device=device, autocast_dtype=dtype, expected_sha256=expected_sha256)
     shipped_entry = next((m for m in shipped_models() if m.path == loaded.path.resolve()), None)
     if expected_sha256 is None:  # your own model: the default its file stores (set by mrisr train)
-        sampler, steps = _default_sampling(method, loaded.config.get("defaults") or {}, sampler, steps, k)
+        sampler, steps = _default_sampling(method, loaded.config.get("defaults") or {}, sampler, steps, k,
+                                           evaluations)
     if loaded.objective not in OBJECTIVES_FOR[method]:
         raise ConfigError(f"--method {method} needs a model trained with objective "
                           f"{' or '.join(OBJECTIVES_FOR[method])}, but {loaded.path.name} was trained for "
@@ -250,14 +241,17 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     sampler = sampler or "ancestral"
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if evaluations is not None:
+        require_int(evaluations, "--evaluations")
+        if steps is not None:
+            raise ConfigError("give --evaluations or --steps, not both (for DDIM they are the same number)")
+        if sampler != "ddim":
+            raise ConfigError("--evaluations counts DDIM steps; the ancestral sampler runs every step from K "
+                              "(give --k)")
+        steps = evaluations
     if steps is not None:
         require_int(steps, "--steps")
     inferer = loaded.inferer
-    if sampler == "ddim" and steps is not None and method != "regression":
-        start_at = inferer.inference_schedule.num_steps if method == "sr3" else (k or inferer.k)
-        if steps > start_at:
-            raise ConfigError(f"--steps {steps}: DDIM from step {start_at} takes at most {start_at} network "
-                              "evaluations")
     if method == "partdiff" and sampler == "ancestral" and steps is not None:
         if loaded.objective == "partdiff" and steps != inferer.k:
             raise ConfigError(f"{loaded.path.name} is latent-aligned for K = {inferer.k} (noise level "
@@ -268,6 +262,11 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
                               "inference schedule")
     if method == "regression" and (steps is not None or sampler != "ancestral"):
         raise ConfigError("--steps and --sampler do not apply to --method regression (one network pass)")
+    if sampler == "ddim" and steps is not None and method != "regression":
+        start_at = inferer.inference_schedule.num_steps if method == "sr3" else (k or inferer.k)
+        if steps > start_at:
+            raise ConfigError(f"--steps {steps}: DDIM from step {start_at} takes at most {start_at} network "
+                              "evaluations")
     if k is not None:
         if method != "partdiff":
             raise ConfigError("--k (the partial-diffusion start step) applies to --method partdiff only")
@@ -322,14 +321,15 @@ def _check_data_kind(loaded: Any, plan: Any) -> None:
 
 
 def _default_sampling(method: str, defaults: dict[str, Any], sampler: str | None, steps: int | None,
-                      k: int | None) -> tuple[str | None, int | None]:
+                      k: int | None, evaluations: int | None = None) -> tuple[str | None, int | None]:
     """The one rule for PartDiff's default sampler (docs/cli.md): the model's default sampler
     (the registry's for a shipped model, the file's for your own) whenever no ``--sampler`` is
-    given; its step count only when no ``--steps`` is given either (at most ``--k``)."""
+    given; its step count only when no ``--steps`` / ``--evaluations`` is given either (at most
+    ``--k``)."""
     if method != "partdiff" or sampler is not None or not defaults.get("sampler"):
         return sampler, steps
     default_steps = defaults.get("steps")
-    if steps is None and default_steps is not None:
+    if steps is None and evaluations is None and default_steps is not None:
         steps = int(default_steps) if k is None else min(int(default_steps), k)
     return defaults["sampler"], steps
 

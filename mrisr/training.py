@@ -493,7 +493,7 @@ class Trainer:
         inferer = PartialDiffusionInferer(**self.inferer.config(), autocast_dtype=torch.bfloat16
                                           if self.precision == "bf16" else None)
         rows: list[dict[str, Any]] = []
-        evaluations = 0
+        evaluations = inferer.plan(**sampling).network_evaluations  # per plane, whatever the batch
         batch = int(cfg["batch_size"])
         for idx in groups.values():
             if 0 < wanted < len(idx):
@@ -507,7 +507,6 @@ class Trainer:
                 cond = degrade(hr)
                 gens = [torch.Generator(self.device).manual_seed(1000 + i) for i in chunk]
                 out = inferer.sample(cond.to(self.device), self.ema, generators=gens, **sampling)
-                evaluations = max(evaluations, inferer.network_evaluations)
                 for j, i in enumerate(chunk):
                     # (H, W) for one channel, (C, H, W) otherwise: SSIM is then the mean over channels
                     a, b, r = (t[j].squeeze(0).float().cpu().numpy() for t in (out, cond, hr))

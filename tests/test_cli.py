@@ -228,6 +228,14 @@ def test_shipped_partdiff_keeps_its_sampler_when_only_steps_are_given():
     with pytest.raises(ConfigError, match="DDIM from step 50 takes at most 50"):
         upsample_volume(vol, "through", 6, method="partdiff", steps=100000)
 
+    # --evaluations is the DDIM-only name of the same number; the ancestral sampler takes --k
+    by_name = upsample_volume(vol, "through", 6, method="partdiff", evaluations=2)
+    assert by_name.extras["steps"] == 2 and np.array_equal(by_name.volume.data, out.volume.data)
+    with pytest.raises(ConfigError, match="--evaluations counts DDIM steps"):
+        upsample_volume(vol, "through", 6, method="partdiff", sampler="ancestral", evaluations=2)
+    with pytest.raises(ConfigError, match="not both"):
+        upsample_volume(vol, "through", 6, method="partdiff", steps=2, evaluations=2)
+
 
 def test_sigterm_leaves_nothing_and_exits_143(tmp_path):
     import os

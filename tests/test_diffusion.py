@@ -356,3 +356,44 @@ def test_a_start_image_replaces_the_lowres_latent():
     torch.testing.assert_close(b, hr + (1 - ab) ** 0.5 / ab**0.5 * noise, atol=1e-4, rtol=0)
     with pytest.raises(ConfigError, match="start image"):
         inferer.sample(lowres, zero, method="sr3", start=hr)
+
+
+@pytest.mark.parametrize("method,sampler,steps,k", [
+    ("partdiff", "ancestral", None, None), ("partdiff", "ancestral", 25, None), ("partdiff", "ancestral", None, 10),
+    ("partdiff", "ddim", None, None), ("partdiff", "ddim", 4, None), ("partdiff", "ddim", 3, 20),
+    ("sr3", "ancestral", None, None), ("sr3", "ddim", 6, None), ("regression", "ancestral", None, None)])
+def test_the_sampling_plan_is_what_sample_runs(method, sampler, steps, k):
+    """One owner of K and the steps: the plan names the start step and the timesteps, and the
+    sampler evaluates the network exactly there."""
+    hr, lowres = _pair(2)
+    inferer = PartialDiffusionInferer(objective="sr3", k_noise_level=0.25)
+    plan = inferer.plan(method, sampler, steps, k)
+    seen: list[float] = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+            seen.append(float(level[0]))
+            return torch.zeros_like(x[:, 1:])
+
+    inferer.sample(lowres, Recorder(), method=method, sampler=sampler, steps=steps, k=k)
+    assert inferer.network_evaluations == plan.network_evaluations == len(seen)
+    schedule = inferer.inference_schedule
+    if method == "regression":
+        assert plan.start_k is None and plan.timesteps == ()
+        return
+    want_k = schedule.num_steps if method == "sr3" else ((steps if sampler == "ancestral" else None) or k or 50)
+    assert plan.start_k == want_k and plan.timesteps[0] == want_k and plan.timesteps[-1] == 1
+    assert list(plan.timesteps) == sorted(plan.timesteps, reverse=True)
+    np.testing.assert_allclose(seen, [schedule.noise_level(t) for t in plan.timesteps], rtol=1e-6)
+    if sampler == "ddim":
+        assert len(plan.timesteps) == (steps or min(8, want_k))
+
+
+def test_impossible_plans_are_one_line():
+    inferer = PartialDiffusionInferer(objective="partdiff", k_noise_level=0.71)  # K = 25
+    with pytest.raises(ConfigError, match="DDIM from step 25 takes at most 25 network evaluations, not 30"):
+        inferer.plan("partdiff", "ddim", steps=30)
+    with pytest.raises(ConfigError, match="applies to partdiff only"):
+        inferer.plan("sr3", "ddim", steps=4, k=10)
+    with pytest.raises(ConfigError, match="sampler must be"):
+        inferer.plan("partdiff", "euler")

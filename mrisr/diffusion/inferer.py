@@ -16,8 +16,9 @@ import torch
 from monai.inferers import Inferer
 
 from mrisr.diffusion.objectives import OBJECTIVES, LossType, Objective, predict_noise, predict_regression, training_loss
-from mrisr.diffusion.samplers import (SAMPLERS, Clip, Generators, SamplerName, ancestral_sample, apply_clip,
-                                      condition_range, ddim_sample, partial_start, randn)
+from mrisr.diffusion.samplers import (DEFAULT_DDIM_STEPS, SAMPLERS, Clip, Generators, SamplerName, SamplingPlan,
+                                      ancestral_sample, apply_clip, condition_range, ddim_sample, partial_start,
+                                      plan_sampling, randn)
 from mrisr.diffusion.schedules import INFERENCE_SCHEDULE, TRAINING_SCHEDULE, NoiseSchedule
 from mrisr.errors import ConfigError
 
@@ -25,7 +26,6 @@ __all__ = ["SampleMethod", "SAMPLE_METHODS", "PartialDiffusionInferer", "DEFAULT
 
 SampleMethod = Literal["partdiff", "sr3", "regression"]
 SAMPLE_METHODS: tuple[str, ...] = get_args(SampleMethod)
-DEFAULT_DDIM_STEPS = 8
 
 
 def _schedule(value: NoiseSchedule | dict | None, default: dict) -> NoiseSchedule:
@@ -162,10 +162,7 @@ class PartialDiffusionInferer(Inferer):
         Returns:
             ``(B, C, H, W)`` float32.
         """
-        if method not in SAMPLE_METHODS:
-            raise ConfigError(f"method must be one of {', '.join(SAMPLE_METHODS)}, got {method!r}")
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        plan = self.plan(method, sampler, steps, k)
         if start is not None and (method != "partdiff" or start.shape != lowres.shape):
             raise ConfigError(f"a start image needs --method partdiff and the condition's shape {tuple(lowres.shape)}")
         self.network_evaluations = 0
@@ -180,13 +177,30 @@ class PartialDiffusionInferer(Inferer):
         schedule = self.inference_schedule
         eps_model = self._eps_model(network, lowres)
         noise = randn(lowres.shape, generators, lowres.device)
-        if method == "sr3":
-            start_k = schedule.num_steps
-            x_start = noise
-        else:
-            start_k = (steps if sampler == "ancestral" and steps is not None else k) or self.k
-            x_start = partial_start(lowres if start is None else start, schedule, start_k, noise)
-        if sampler == "ancestral":
+        start_k = int(plan.start_k)  # type: ignore[arg-type]
+        x_start = noise if method == "sr3" else partial_start(lowres if start is None else start, schedule, start_k,
+                                                              noise)
+        if plan.sampler == "ancestral":
             return ancestral_sample(eps_model, x_start, schedule, start_k, generators, clip, progress)
-        return ddim_sample(eps_model, x_start, schedule, start_k, steps or DEFAULT_DDIM_STEPS, clip, progress)
+        return ddim_sample(eps_model, x_start, schedule, start_k, len(plan.timesteps), clip, progress)
+
+    def plan(self, method: SampleMethod = "partdiff", sampler: SamplerName = "ancestral", steps: int | None = None,
+             k: int | None = None) -> SamplingPlan:
+        """The :class:`~mrisr.diffusion.samplers.SamplingPlan` of a :meth:`sample` call with these
+        arguments: start step, timesteps and network evaluations, without running anything.
+
+        ``steps`` keeps its documented double meaning (K for the ancestral PartDiff sampler,
+        network evaluations for DDIM, ignored by SR3's ancestral sampler); ``k`` is the start
+        step itself.
+        """
+        if method not in SAMPLE_METHODS:
+            raise ConfigError(f"method must be one of {', '.join(SAMPLE_METHODS)}, got {method!r}")
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if method == "regression":
+            return plan_sampling(self.inference_schedule, self.k, method)
+        if sampler == "ancestral":
+            start = (steps if steps is not None else k) if method == "partdiff" else None
+            return plan_sampling(self.inference_schedule, self.k, method, sampler, k=start)
+        return plan_sampling(self.inference_schedule, self.k, method, sampler, k=k, evaluations=steps)
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
 
 from mrisr.diffusion.schedules import NoiseSchedule
-from mrisr.errors import require_int
+from mrisr.errors import ConfigError, require_int
 
 __all__ = [
     "SamplerName",
@@ -28,10 +29,16 @@ __all__ = [
     "ancestral_sample",
     "ddim_steps",
     "ddim_sample",
+    "SamplingPlan",
+    "plan_sampling",
+    "DEFAULT_DDIM_STEPS",
     "Clip",
     "condition_range",
     "apply_clip",
 ]
+
+#: DDIM network evaluations when none are asked for
+DEFAULT_DDIM_STEPS = 8
 
 SamplerName = Literal["ancestral", "ddim"]
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
@@ -183,3 +190,66 @@ def ddim_sample(eps_model: EpsModel, x_start: torch.Tensor, schedule: NoiseSched
         if progress is not None:
             progress(1)
     return x
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """What one sampling run does, decided in one place (:func:`plan_sampling`).
+
+    Attributes:
+        method: ``"partdiff"``, ``"sr3"`` or ``"regression"``.
+        sampler: ``"ancestral"`` or ``"ddim"`` (``"ancestral"`` for regression: no sampler).
+        start_k: the step the reverse process starts from (T for SR3, K for PartDiff; None for
+            regression).
+        timesteps: the steps the network is evaluated at, in order.
+    """
+
+    method: str
+    sampler: str
+    start_k: int | None
+    timesteps: tuple[int, ...]
+
+    @property
+    def network_evaluations(self) -> int:
+        """Network passes per image (1 for regression)."""
+        return 1 if self.method == "regression" else len(self.timesteps)
+
+
+def plan_sampling(schedule: NoiseSchedule, aligned_k: int, method: str, sampler: str = "ancestral",
+                  k: int | None = None, evaluations: int | None = None) -> SamplingPlan:
+    """Decide K and the timesteps of a run; the one place this is decided.
+
+    Args:
+        schedule: the inference schedule (T = ``schedule.num_steps``).
+        aligned_k: the model's own K (where its training aligned LR and HR), the default start.
+        method: ``"partdiff"`` (start at K from the diffused LR image), ``"sr3"`` (start at T
+            from noise) or ``"regression"`` (one pass, no steps).
+        sampler: ``"ancestral"`` (every step from the start: K evaluations for PartDiff, T for
+            SR3) or ``"ddim"`` (``evaluations`` evenly spaced steps ending at 1).
+        k: PartDiff's start step (default ``aligned_k``); not for SR3 (it starts at T).
+        evaluations: DDIM only: network evaluations (default :data:`DEFAULT_DDIM_STEPS`), at
+            most the start step.
+
+    Raises:
+        ConfigError: an unknown method or sampler, or a K / evaluations combination that does not exist.
+    """
+    if method not in ("partdiff", "sr3", "regression"):
+        raise ConfigError(f"method must be partdiff, sr3 or regression, got {method!r}")
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if method == "regression":
+        return SamplingPlan(method, "ancestral", None, ())
+    if k is not None and method != "partdiff":
+        raise ConfigError("K (the partial-diffusion start step) applies to partdiff only; SR3 starts at T")
+    if evaluations is not None and sampler != "ddim":
+        raise ConfigError("a number of evaluations applies to the DDIM sampler; the ancestral sampler runs every "
+                          "step from its start (give K instead)")
+    start = schedule.num_steps if method == "sr3" else require_int(k if k is not None else aligned_k, "K", 1,
+                                                                   schedule.num_steps)
+    if sampler == "ancestral":
+        return SamplingPlan(method, sampler, start, tuple(range(start, 0, -1)))
+    n = require_int(evaluations if evaluations is not None else min(DEFAULT_DDIM_STEPS, start),
+                    "the number of DDIM evaluations", 1)
+    if n > start:
+        raise ConfigError(f"DDIM from step {start} takes at most {start} network evaluations, not {n}")
+    return SamplingPlan(method, sampler, start, tuple(ddim_steps(start, n)))
