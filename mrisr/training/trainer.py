@@ -1,29 +1,15 @@
-"""Training: configs, datalists, the step loop, checkpoints that survive SIGKILL, and DDP.
-
-Design choices that make runs reproducible and resumable:
-
-* Every step draws its randomness from seeds derived from ``(seed, step, rank)``: which planes
-  form the batch (a DistributedSampler-style walk through per-epoch permutations, each rank
-  taking its own shard), crops, flips, blur, noise levels and noise. A run resumed from a
-  checkpoint therefore continues exactly as if it had never stopped: same next batch, same
-  next loss, same weights.
-* Checkpoints are written to a temporary file and renamed into place, so a kill at any moment
-  leaves the previous checkpoint intact and loses at most the steps since it.
-* Under ``torchrun`` the same code uses DistributedDataParallel (NCCL on GPUs, gloo on CPUs);
-  rank 0 writes checkpoints, logs and the final model.
-"""
+"""The training loop: set-up, steps, checkpoints, validation and logs of one run (see the
+package docstring for the reproducibility rules)."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import hashlib
 import json
 import logging
 import math
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -31,189 +17,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from mrisr.data import (AUGMENTATIONS, DATA_KINDS, DataEntry, ImageBank, PairBatches, PairCropper, PlaneBank,
-                        batch_indices, load_datalist, read_datalist, step_seed)
+from mrisr.data import ImageBank, PairBatches, PairCropper, PlaneBank, read_datalist, step_seed
 from mrisr.devices import resolve_device, resolve_precision
-from mrisr.diffusion import INFERENCE_SCHEDULE, OBJECTIVES, TRAINING_SCHEDULE, PartialDiffusionInferer
-from mrisr.errors import ConfigError, MrisrError, require_int
-from mrisr.evaluation import psnr, ssim
+from mrisr.diffusion import PartialDiffusionInferer
+from mrisr.errors import ConfigError, MrisrError
 from mrisr.images import IMAGE_NORMALISATION
 from mrisr.models import model_config, save_model
 from mrisr.networks import SR3UNet, network_config
-from mrisr.transforms import PAIR_KINDS, ROBUST_PERCENTILES, plane_degradation
+from mrisr.training.checkpoints import list_checkpoints, read_latest_checkpoint, write_checkpoint
+from mrisr.training.config import learning_rate, load_config
+from mrisr.training.logs import append_row, drop_rows_after
+from mrisr.training.validation import validate_network
 
-# the data names stay importable from here (they moved to mrisr.data)
-__all__ = ["DEFAULTS", "load_config", "load_datalist", "read_datalist", "DataEntry", "PlaneBank", "batch_indices", "Trainer",
-           "train"]
+__all__ = ["Trainer", "train"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULTS: dict[str, Any] = {
-    "name": "mrisr",
-    "seed": 0,
-    "objective": "partdiff",
-    "k_noise_level": 0.25,
-    "task": {"plane": "in", "factor": 4, "pairs": "in", "blur_sigma_max": 1.5},
-    # kind "images": PNG / JPEG natural images with `channels` 1 or 3, resized to `image_size`
-    # (the shorter edge for training, centre squares for validation; None keeps them as they are)
-    "data": {"kind": "volumes", "channels": 1, "image_size": None,
-             "datalist": None, "glob": None, "validation_glob": None, "planes": None,
-             "normalisation": {"kind": "robust", "lower": ROBUST_PERCENTILES[0], "upper": ROBUST_PERCENTILES[1]},
-             "crop": 96, "num_workers": 0,
-             "augment": "flips"},
-    "network": {"preset": "small"},
-    "schedules": {"train": dict(TRAINING_SCHEDULE), "inference": dict(INFERENCE_SCHEDULE)},
-    "optim": {"lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "grad_accum": 1, "ema_decay": 0.999,
-              "precision": "auto", "max_steps": 10000, "loss": "l1", "grad_clip": 1.0,
-              "lr_schedule": "constant", "warmup_steps": 0},
-    "checkpoint": {"every": 200, "keep": 3},
-    # slices: planes per validation series (0: every plane); crop is no longer used (whole planes)
-    "validation": {"every": 1000, "slices": 0, "crop": 128, "sampler": "ddim", "steps": 4, "batch_size": 4},
-    "log": {"every": 10},
-    "init_from": None,
-}
-
-
-# --------------------------------------------------------------------------------------------
-# configuration
-
-
-# sections replaced as a whole rather than merged key by key
-_WHOLE = {"network", "train", "inference"}
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any], path: str = "") -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if key not in base:
-            raise ConfigError(f"unknown config key {path + key!r}; allowed: {', '.join(sorted(base))}")
-        if isinstance(base[key], dict) and isinstance(value, dict) and key not in _WHOLE:
-            out[key] = _merge(base[key], value, f"{path}{key}.")
-        else:
-            out[key] = value
-    return out
-
-
-def _read_data_file(p: Path) -> Any:
-    """A YAML or JSON file read as plain data: no tags that build objects (safe loader), and
-    MONAI's code-running syntax (``$`` expressions, ``_target_`` mappings) refused, not run."""
-    import yaml
-
-    try:
-        text = p.read_text()
-        raw = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{p} is not a valid config: {str(exc).splitlines()[0]}") from exc
-
-    def check(value: Any, where: str) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if str(key) in ("_target_", "_requires_", "_disabled_", "_mode_"):
-                    raise ConfigError(f"{p}: {where}{key} would instantiate code; mrisr configs are data "
-                                      "(a MONAI bundle is run with python -m monai.bundle, not mrisr train)")
-                check(item, f"{where}{key}.")
-        elif isinstance(value, list):
-            for n, item in enumerate(value):
-                check(item, f"{where}{n}.")
-        elif isinstance(value, str) and value.startswith("$"):
-            raise ConfigError(f"{p}: {where.rstrip('.')} is a MONAI expression ({value[:40]!r}); mrisr configs are "
-                              "data and never evaluate code")
-
-    check(raw, "")
-    return raw
-
-
-def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a training config (YAML or JSON, plain data) and fill in the defaults.
-
-    The file is data: it is parsed with the safe YAML loader (or JSON), and MONAI's
-    ``$expression`` values and ``_target_`` mappings are refused rather than evaluated.
-
-    Raises:
-        ConfigError: missing file, code in the file, unknown keys or invalid values.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config not found: {p}")
-    raw = _read_data_file(p)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p} must hold a mapping of settings")
-    config = _merge(DEFAULTS, raw)
-    config = _merge(config, overrides or {})
-    config["config_dir"] = str(p.resolve().parent)
-    _validate(config)
-    return config
-
-
-def _validate(config: dict[str, Any]) -> None:
-    if config["objective"] not in OBJECTIVES:
-        raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {config['objective']!r}")
-    task = config["task"]
-    if task["plane"] not in ("in", "through"):
-        raise ConfigError(f"task.plane must be in or through, got {task['plane']!r}")
-    if task["pairs"] not in PAIR_KINDS:
-        raise ConfigError(f"task.pairs must be one of {', '.join(PAIR_KINDS)}, got {task['pairs']!r}")
-    if (task["plane"] == "in") != (task["pairs"] == "in"):
-        raise ConfigError(f"task.pairs {task['pairs']!r} does not train task.plane {task['plane']!r} "
-                          "(in-plane models use 'in' pairs; through-plane ones 'through' or 'selfsup')")
-    if not isinstance(task["factor"], int) or task["factor"] < 2:
-        raise ConfigError(f"task.factor must be an integer >= 2, got {task['factor']!r}")
-    data = config["data"]
-    if data["kind"] not in DATA_KINDS:
-        raise ConfigError(f"data.kind must be one of {', '.join(DATA_KINDS)}, got {data['kind']!r}")
-    if data["channels"] not in (1, 3) or (data["kind"] == "volumes" and data["channels"] != 1):
-        raise ConfigError(f"data.channels must be 1 (volumes, grey images) or 3 (RGB images), got {data['channels']!r}")
-    if data["kind"] == "images":
-        if task["pairs"] != "in":
-            raise ConfigError("natural images (data.kind: images) train in-plane pairs: task.plane in, task.pairs in")
-        if data["image_size"] is not None:
-            require_int(data["image_size"], "data.image_size", 8)
-            if data["image_size"] % task["factor"] or data["image_size"] < data["crop"]:
-                raise ConfigError(f"data.image_size {data['image_size']} must be divisible by task.factor "
-                                  f"{task['factor']} and at least data.crop {data['crop']}")
-    elif data["image_size"] is not None:
-        raise ConfigError("data.image_size applies to data.kind: images only")
-    crop = config["data"]["crop"]
-    if not isinstance(crop, int) or crop < 8 or crop % task["factor"]:
-        raise ConfigError(f"data.crop must be an integer >= 8 divisible by task.factor {task['factor']}, got {crop!r}")
-    optim = config["optim"]
-    for key in ("batch_size", "grad_accum", "max_steps"):
-        if not isinstance(optim[key], int) or optim[key] < 1:
-            raise ConfigError(f"optim.{key} must be an integer >= 1, got {optim[key]!r}")
-    if optim["lr_schedule"] not in LR_SCHEDULES:
-        raise ConfigError(f"optim.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {optim['lr_schedule']!r}")
-    if not isinstance(optim["warmup_steps"], int) or optim["warmup_steps"] < 0:
-        raise ConfigError(f"optim.warmup_steps must be an integer >= 0, got {optim['warmup_steps']!r}")
-    if config["data"]["augment"] not in AUGMENTATIONS:
-        raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {config['data']['augment']!r}")
-    workers = config["data"]["num_workers"]
-    require_int(workers, "data.num_workers", 0)
-    if optim["precision"] not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"optim.precision must be auto, bf16 or fp32, got {optim['precision']!r}")
-    if not 0.0 <= float(optim["ema_decay"]) < 1.0:
-        raise ConfigError(f"optim.ema_decay must be in [0, 1), got {optim['ema_decay']}")
-    for key in ("every", "keep"):
-        if not isinstance(config["checkpoint"][key], int) or config["checkpoint"][key] < 1:
-            raise ConfigError(f"checkpoint.{key} must be an integer >= 1")
-    if not config["data"]["datalist"] and not config["data"]["glob"]:
-        raise ConfigError("the config needs data.datalist (decathlon JSON) or data.glob")
-
-
-# --------------------------------------------------------------------------------------------
-# the trainer
-
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def learning_rate(step: int, base: float, schedule: str, warmup: int, total: int) -> float:
-    """The learning rate of optimiser step ``step`` (0-based): linear warm-up over ``warmup``
-    steps, then constant or a cosine decay to 0 at ``total``."""
-    if warmup and step < warmup:
-        return base * (step + 1) / warmup
-    if schedule == "cosine":
-        span = max(1, total - warmup)
-        return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
-    return base
 
 
 def _state_digest(module: torch.nn.Module) -> str:
@@ -349,16 +167,9 @@ class Trainer:
         return self.output / "checkpoints"
 
     def checkpoints(self) -> list[tuple[int, Path]]:
-        found = []
-        for p in self.checkpoint_dir.glob("step_*.pt"):
-            m = re.fullmatch(r"step_(\d+)\.pt", p.name)
-            if m:
-                found.append((int(m.group(1)), p))
-        return sorted(found)
+        return list_checkpoints(self.checkpoint_dir)
 
     def save_checkpoint(self) -> Path:
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        path = self.checkpoint_dir / f"step_{self.step:08d}.pt"
         blob = {
             "config": self.model_config,
             "model": self.network.state_dict(),
@@ -368,30 +179,19 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(blob, tmp)
-        with open(tmp, "rb") as fh:  # make the bytes durable before the rename publishes them
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        for _, old in self.checkpoints()[: -int(self.config["checkpoint"]["keep"])]:
-            old.unlink(missing_ok=True)
-        return path
+        return write_checkpoint(self.checkpoint_dir, self.step, blob, int(self.config["checkpoint"]["keep"]))
 
     def load_checkpoint(self) -> bool:
-        for step, path in reversed(self.checkpoints()):
-            try:
-                blob = torch.load(path, map_location=self.device, weights_only=True)
-            except Exception as exc:  # a damaged file: fall back to the one before
-                logger.warning("cannot read checkpoint %s (%s); trying an older one", path, exc)
-                continue
-            self.network.load_state_dict(blob["model"])
-            self.ema.load_state_dict(blob["ema"])
-            self.optimizer.load_state_dict(blob["optimizer"])
-            self.step = int(blob["step"])
-            torch.set_rng_state(blob["rng"]["torch"].cpu())
-            logger.info("resumed from %s (step %d)", path, step)
-            return True
-        return False
+        found = read_latest_checkpoint(self.checkpoint_dir, self.device)
+        if found is None:
+            return False
+        blob = found
+        self.network.load_state_dict(blob["model"])
+        self.ema.load_state_dict(blob["ema"])
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.step = int(blob["step"])
+        torch.set_rng_state(blob["rng"]["torch"].cpu())
+        return True
 
     def init_from(self, path: str) -> None:
         """Start from another model's weights (e.g. PartDiff fine-tuned from an SR3 model)."""
@@ -458,94 +258,17 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """PSNR / SSIM of the EMA network and of bicubic on whole held-out planes, in normalised
-        units (data range 2, the robust [-1, 1] span).
-
-        Every plane of every validation series is used (``validation.slices`` > 0 takes that
-        many evenly spaced planes per series instead; for natural images, that many images),
-        whole and degraded exactly as the benchmark degrades them, so borders and background
-        count as they do for ``mrisr upsample``. Besides the means, the worst plane and the worst series (lowest mean gain
-        over bicubic) are reported: a model chosen on a few central crops can fail elsewhere.
-        """
-        cfg = self.config["validation"]
-        task = self.config["task"]
-        if len(self.val_bank) == 0:
-            return {}
-        f = int(task["factor"])
-        degrade, (fh, fw) = plane_degradation("in" if task["pairs"] == "in" else "through", f)
-        series: dict[str, list[int]] = {}
-        for i, source in enumerate(self.val_bank.sources):
-            series.setdefault(source, []).append(i)
-        wanted = int(cfg["slices"] or 0)
-        # natural images: each image is its own "series"; validation.slices > 0 takes that many
-        # evenly spaced images, batched by size
-        groups = series
-        if isinstance(self.val_bank, ImageBank):
-            idx = list(range(len(self.val_bank)))
-            if 0 < wanted < len(idx):
-                idx = [idx[int(round(p))] for p in np.linspace(0, len(idx) - 1, wanted)]
-            groups = {}
-            for i in idx:
-                groups.setdefault(str(self.val_bank.planes[i].shape), []).append(i)
-            series = {self.val_bank.sources[i]: [i] for i in idx}
-            wanted = 0
-        sampling = self._validation_sampling()
-        inferer = PartialDiffusionInferer(**self.inferer.config(), autocast_dtype=torch.bfloat16
-                                          if self.precision == "bf16" else None)
-        rows: list[dict[str, Any]] = []
-        evaluations = inferer.plan(**sampling).network_evaluations  # per plane, whatever the batch
-        batch = int(cfg["batch_size"])
-        for idx in groups.values():
-            if 0 < wanted < len(idx):
-                idx = [idx[int(round(p))] for p in np.linspace(0, len(idx) - 1, wanted)]
-            for lo in range(0, len(idx), batch):
-                chunk = idx[lo:lo + batch]
-                planes = [self.val_bank.planes[i] for i in chunk]
-                h, w = planes[0].shape[-2] // fh * fh, planes[0].shape[-1] // fw * fw
-                hr = torch.stack([torch.from_numpy(p[..., :h, :w]) for p in planes]).float()
-                hr = hr[:, None] if hr.ndim == 3 else hr  # (B, C, H, W); C = 3 for RGB images
-                cond = degrade(hr)
-                gens = [torch.Generator(self.device).manual_seed(1000 + i) for i in chunk]
-                out = inferer.sample(cond.to(self.device), self.ema, generators=gens, **sampling)
-                for j, i in enumerate(chunk):
-                    # (H, W) for one channel, (C, H, W) otherwise: SSIM is then the mean over channels
-                    a, b, r = (t[j].squeeze(0).float().cpu().numpy() for t in (out, cond, hr))
-                    rows.append({"series": self.val_bank.sources[i], "psnr": psnr(a, r, 2.0), "ssim": ssim(a, r, 2.0),
-                                 "psnr_bicubic": psnr(b, r, 2.0), "ssim_bicubic": ssim(b, r, 2.0)})
-        gains = np.array([r["psnr"] - r["psnr_bicubic"] for r in rows])
-        per_series = {s: float(np.mean([r["psnr"] - r["psnr_bicubic"] for r in rows if r["series"] == s]))
-                      for s in series}
-        mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "psnr_bicubic", "ssim_bicubic")}
-        return {**mean, "gain_db": float(gains.mean()), "gain_worst_plane_db": float(gains.min()),
-                "gain_worst_series_db": float(min(per_series.values())), "planes": len(rows),
-                "network_evaluations": evaluations}
+        """Validation of the EMA network on every held-out plane (:func:`validate_network`)."""
+        return validate_network(self.ema, self.val_bank, self.config, self.inferer, self._validation_sampling(),
+                                self.device, self.precision)
 
     def _csv(self, name: str, row: dict[str, Any]) -> None:
-        path = self.output / name
-        new = not path.exists()
-        with open(path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        append_row(self.output / name, row)
 
     def _truncate_logs(self) -> None:
         """After a resume, drop log rows past the checkpoint (they will be redone)."""
         for name in ("log.csv", "validation.csv"):
-            path = self.output / name
-            if not path.exists():
-                continue
-            with open(path, newline="") as fh:
-                rows = list(csv.DictReader(fh))
-            if not rows:
-                continue
-            keep = [r for r in rows if int(r["step"]) <= self.step]
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(keep)
-            os.replace(tmp, path)
+            drop_rows_after(self.output / name, self.step)
 
     def run(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
@@ -657,5 +380,3 @@ def train(config_path: str | os.PathLike, output: str | os.PathLike | None = Non
     trainer = Trainer(config, out, device=device, resume=resume, max_steps=max_steps, skip_bad=skip_bad,
                       progress=progress, max_seconds=max_seconds)
     return trainer.run()
-
-
