@@ -1,7 +1,7 @@
 """mrisr: MRI super-resolution with Partial Diffusion Models (PartDiff).
 
 Layers, lowest first (imports only point down): ``errors``, ``devices`` (device and precision
-choices), ``io``, ``images``, ``geometry``, ``interpolation``, ``degradation``, ``evaluation``,
+choices), ``io``, ``images``, ``geometry``, ``interpolation``, ``degradation``, ``metrics``,
 ``perceptual`` (volumes with their affine, PNG / JPEG images, plane and axis logic, classical
 resampling, simulated acquisitions, metrics); ``transforms`` (MONAI-style pairs and
 intensity); ``networks``; ``diffusion`` (schedules, objectives, samplers and their

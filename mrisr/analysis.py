@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mrisr.diffusion import NoiseSchedule, inference_schedule
-from mrisr.evaluation import psnr
+from mrisr.metrics import psnr
 from mrisr.transforms import plane_degradation
 
 __all__ = ["ConvergenceCurve", "convergence_curve", "write_convergence_report"]

@@ -556,7 +556,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     axis = _axis(args.axis)
     factors = [_factor(f) for f in args.factor] if args.factor else None
 
-    from mrisr.geometry import plan_upsampling, slice_axis, voxel_spacing
+    from mrisr.geometry import isotropic_factor, plan_upsampling, slice_axis, voxel_spacing
     from mrisr.io import load_volume
 
     src = Path(args.input)
@@ -580,8 +580,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         *(f"  {row[0]:10.4f} {row[1]:10.4f} {row[2]:10.4f} {row[3]:10.4f}" for row in volume.affine),
         "output grids:",
     ]
-    others = [spacing[a] for a in range(3) if a != s_axis]
-    iso = max(2, round(float(spacing[s_axis] / min(others))))
+    iso = isotropic_factor(volume.affine, s_axis)
     for plane in ("in", "through"):
         plane_factors = factors or sorted({2, 4} | ({iso} if plane == "through" else set()))
         for f in plane_factors:

@@ -27,6 +27,7 @@ __all__ = [
     "Plane",
     "PLANES",
     "UpsamplingPlan",
+    "isotropic_factor",
     "voxel_spacing",
     "slice_axis",
     "superior_inferior_axis",
@@ -164,6 +165,15 @@ class UpsamplingPlan:
             "output_spacing_mm": [round(s, 6) for s in self.output_spacing],
             "output_affine": np.round(self.output_affine, 6).tolist(),
         }
+
+
+def isotropic_factor(affine: np.ndarray, axis: int | None = None) -> int:
+    """The through-plane factor that makes the slice spacing closest to the in-plane one
+    (at least 2): e.g. 6 for 0.6 mm pixels and 3.6 mm slices."""
+    spacing = voxel_spacing(affine)
+    s_axis = slice_axis(affine) if axis is None else axis
+    finest = min(spacing[a] for a in range(3) if a != s_axis)
+    return max(2, round(float(spacing[s_axis] / finest)))
 
 
 def plan_upsampling(shape: tuple[int, ...], affine: np.ndarray, plane: Plane, factor: int,

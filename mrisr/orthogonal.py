@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mrisr.evaluation import psnr, ssim
+from mrisr.metrics import psnr, ssim
 from mrisr.geometry import slice_axis, superior_inferior_axis
 from mrisr.io import Volume
 

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from mrisr.degradation import thick_slice_volume
     from mrisr.devices import resolve_device
     from mrisr.diffusion import PartialDiffusionInferer
-    from mrisr.evaluation import psnr, spectral_error, ssim
+    from mrisr.metrics import psnr, spectral_error, ssim
     from mrisr.geometry import slice_axis, superior_inferior_axis
     from mrisr.inference import upsample_volume
     from mrisr.io import load_volume

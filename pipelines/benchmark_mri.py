@@ -16,7 +16,7 @@ SR3 model without alignment (Sec. 4.2) at K = 25, 50, 75, PartDiff with latent a
 the LR image. Metrics per slice, averaged, with the spread of the gain over bicubic (worst
 series, worst plane): PSNR and SSIM (normalised units, data range 2 = the volume's robust 0.5-99.5 percentile span),
 the power spectrum above the LR Nyquist frequency relative to the reference's (dB; negative is
-blur, positive invented energy; mrisr.evaluation.spectral_error), consistency MSE (the output
+blur, positive invented energy; mrisr.metrics.spectral_error), consistency MSE (the output
 degraded again against the low-resolution input), network
 evaluations, seconds (measured on the slices run, and per whole volume by proportion).
 
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from mrisr.errors import MrisrError
-from mrisr.evaluation import psnr, spectral_error, ssim
+from mrisr.metrics import psnr, spectral_error, ssim
 from mrisr.geometry import plan_upsampling
 from mrisr.inference import upsample_volume
 from mrisr.io import Volume, load_volume

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from mrisr.errors import MrisrError
-from mrisr.evaluation import consistency_mse, psnr, ssim
+from mrisr.metrics import consistency_mse, psnr, ssim
 from mrisr.images import list_images
 from mrisr.io import write_bytes, write_json
 from mrisr.natural import add_run_arguments, load_test_pairs, runs_from_arguments, super_resolve

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from mrisr.degradation import thick_slice_volume
-from mrisr.evaluation import psnr, ssim
+from mrisr.metrics import psnr, ssim
 from mrisr.geometry import downsampled_affine, plan_upsampling, superior_inferior_axis
 from mrisr.io import load_volume, save_volume
 

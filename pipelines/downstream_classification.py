@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from mrisr.errors import ConfigError, InputError, MrisrError
-from mrisr.evaluation import topk_accuracy
+from mrisr.metrics import topk_accuracy
 from mrisr.images import list_images
 from mrisr.io import write_bytes, write_json
 from mrisr.natural import (add_run_arguments, load_test_pairs, load_user_network, network_input, runs_from_arguments,

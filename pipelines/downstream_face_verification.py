@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mrisr.errors import InputError, MrisrError
-from mrisr.evaluation import verification_accuracy
+from mrisr.metrics import verification_accuracy
 from mrisr.io import write_bytes, write_json
 from mrisr.natural import (add_run_arguments, load_test_pairs, load_user_network, network_input, runs_from_arguments,
                            super_resolve)

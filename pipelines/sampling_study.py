@@ -29,7 +29,7 @@ import torch
 from mrisr.data import PlaneBank, load_datalist
 from mrisr.transforms import ROBUST_PERCENTILES
 from mrisr.devices import resolve_device, resolve_precision
-from mrisr.evaluation import psnr, spectral_error, ssim
+from mrisr.metrics import psnr, spectral_error, ssim
 from mrisr.models import load_model
 from mrisr.transforms import plane_degradation
 

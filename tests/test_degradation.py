@@ -7,7 +7,7 @@ import pytest
 
 from mrisr.degradation import average_lines, thick_slice_volume
 from mrisr.errors import GeometryError
-from mrisr.evaluation import psnr, ssim
+from mrisr.metrics import psnr, ssim
 from mrisr.geometry import plan_upsampling, slab_bounds
 from mrisr.io import Volume
 

@@ -167,3 +167,14 @@ def test_superior_inferior_axis():
     assert superior_inferior_axis(make_affine("oblique")) == 2  # a 23 degree tilt keeps k closest to S-I
     # among a subset: of the oblique in-plane axes, j is tilted more towards S-I (0.33 vs 0.13)
     assert superior_inferior_axis(make_affine("oblique"), axes=(0, 1)) == 1
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "PIR", "oblique"])
+def test_isotropic_factor(orientation):
+    from mrisr.geometry import isotropic_factor
+
+    assert isotropic_factor(make_affine(orientation)) == 6  # 3.6 / 0.625 = 5.76
+    assert isotropic_factor(make_affine(orientation, spacing=(0.5, 0.5, 3.0))) == 6
+    assert isotropic_factor(make_affine(orientation, spacing=(1.0, 1.0, 1.2))) == 2  # at least 2
+    # an explicit axis: the 0.625 mm axis as slice axis against the finer of the others
+    assert isotropic_factor(make_affine(orientation, spacing=(0.625, 0.5, 3.6)), axis=0) == 2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from mrisr.evaluation import radial_power_spectrum, spectral_error
+from mrisr.metrics import radial_power_spectrum, spectral_error
 
 
 def test_scaling_shows_in_both_bands_and_identity_is_zero():

@@ -18,7 +18,7 @@ from conftest import REPO
 from mrisr.data import PairCropper
 from mrisr.diffusion import PartialDiffusionInferer
 from mrisr.errors import ConfigError, InputError
-from mrisr.evaluation import consistency_mse, topk_accuracy, verification_accuracy
+from mrisr.metrics import consistency_mse, topk_accuracy, verification_accuracy
 from mrisr.images import (IMAGE_NORMALISATION, list_images, normalise_image, read_image, reference_and_input, resize,
                           square, write_image)
 from mrisr.inference import upsample_images, upsample_volume
@@ -236,7 +236,7 @@ def test_trainer_trains_and_validates_rgb_images(tmp_path):
     head, last = rows[0].split(","), dict(zip(rows[0].split(","), rows[-1].split(",")))
     assert "gain_db" in head and int(last["planes"]) == 2  # each validation image once
     # bicubic on the centre squares resized to 32, exactly as the benchmark protocol makes them
-    from mrisr.evaluation import psnr
+    from mrisr.metrics import psnr
     from mrisr.transforms import plane_degradation
 
     degrade, _ = plane_degradation("in", 4)
@@ -360,7 +360,7 @@ def test_benchmark_natural_scores_bicubic_and_a_model(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     blob = json.loads((tmp_path / "out" / "summary.json").read_text())
     bic = blob["methods"]["Bicubic"]
-    from mrisr.evaluation import psnr
+    from mrisr.metrics import psnr
 
     want = []
     for s in range(3):

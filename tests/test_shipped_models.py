@@ -14,7 +14,7 @@ from safetensors import safe_open
 import mrisr.models
 from mrisr.degradation import thick_slice_volume
 from mrisr.errors import ConfigError, InputError
-from mrisr.evaluation import psnr
+from mrisr.metrics import psnr
 from mrisr.inference import upsample_volume
 from mrisr.io import Volume, load_volume, save_volume
 from mrisr.models import default_model, load_model, sha256, shipped_models

@@ -10,7 +10,7 @@ import torch
 
 from mrisr.data import ImageBank, PlaneBank
 from mrisr.diffusion import PartialDiffusionInferer
-from mrisr.evaluation import psnr, ssim
+from mrisr.metrics import psnr, ssim
 from mrisr.transforms import plane_degradation
 
 __all__ = ["validate_network"]

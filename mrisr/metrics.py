@@ -1,4 +1,5 @@
-"""Image-quality metrics on volumes and planes (PSNR, SSIM, spectral error), computed the same way everywhere."""
+"""Metrics, computed the same way everywhere: image quality (PSNR, SSIM, spectral error,
+consistency) and the downstream tasks' scores (top-k and face-verification accuracy)."""
 
 from __future__ import annotations
 
