@@ -222,7 +222,7 @@ def test_outputs_keep_the_users_umask_or_the_replaced_files_mode(tmp_path):
 
 
 def test_publishing_never_replaces_a_file_that_appeared_meanwhile(tmp_path):
-    from mrisr.io import _atomic_write
+    from mrisr.io.writers import _atomic_write
 
     out = tmp_path / "race.json"
 

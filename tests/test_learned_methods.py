@@ -206,15 +206,15 @@ def test_batch_size_is_fitted_to_memory_before_any_work(tmp_path, tiny_models, m
     per_plane = 20 * 24 * 16 * 100  # tiny preset: base width 16
     full = upsample_volume(vol, "in", 2, method="partdiff", model=str(tiny_models["partdiff"]), sampler="ddim",
                            steps=2, batch_size=3, seed=1)
-    monkeypatch.setattr(inference, "available_memory", lambda device: int(1.5 * per_plane / 0.7))
+    monkeypatch.setattr(inference.volume, "available_memory", lambda device: int(1.5 * per_plane / 0.7))
     lowered = upsample_volume(vol, "in", 2, method="partdiff", model=str(tiny_models["partdiff"]), sampler="ddim",
                               steps=2, batch_size=3, seed=1)
     assert lowered.network_evaluations == 3 * 2  # one plane per batch now: 3 batches x 2 steps
     np.testing.assert_allclose(lowered.volume.data, full.volume.data, rtol=0, atol=1e-3 * float(np.abs(full.volume.data).max()))
-    monkeypatch.setattr(inference, "available_memory", lambda device: per_plane // 2)
+    monkeypatch.setattr(inference.volume, "available_memory", lambda device: per_plane // 2)
     with pytest.raises(ConfigError, match=r"one 20 x 24 plane needs about .* GiB"):
         upsample_volume(vol, "in", 2, method="partdiff", model=str(tiny_models["partdiff"]))
     # classical methods: the output volume itself must fit
-    monkeypatch.setattr(inference, "available_memory", lambda device: 1000)
+    monkeypatch.setattr(inference.volume, "available_memory", lambda device: 1000)
     with pytest.raises(ConfigError, match=r"the output \(20 x 24 x 3 voxels\) needs about"):
         upsample_volume(vol, "in", 2, method="bicubic")

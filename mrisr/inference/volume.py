@@ -1,0 +1,296 @@
+"""Whole-volume upsampling: the loop over a volume's 2D planes (batches sized from memory,
+per-plane seeds, the mean and standard deviation of several samples, intensities back in the
+input's units), test-time adaptation, the training-spacing warning and the provenance of the output."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mrisr.devices import available_memory, resolve_device
+from mrisr.errors import ConfigError, require_int
+from mrisr.geometry import Plane, UpsamplingPlan, from_planes, plan_upsampling, to_planes
+from mrisr.inference.methods import PlaneUpsampler, default_sampling, get_method, plane_seed
+from mrisr.io import Volume
+
+__all__ = ["UpsampleResult", "upsample_volume", "fit_batch_size", "SPACING_TOLERANCE"]
+
+logger = logging.getLogger(__name__)
+
+
+# Peak memory, measured (docs/benchmarks.md): the `small` UNet (base width 32) in fp32 inference
+# takes 2.3-2.9 kB per output pixel of a plane (ru_maxrss at 320 x 320 and 640 x 640); scale by
+# the base width, with a margin. The volume loop holds the input, the mean (and with samples
+# the squared deviations) in float64 and the output volume: ~40 bytes per output voxel.
+_NET_BYTES_PER_PIXEL_PER_CHANNEL = 100
+_LOOP_BYTES_PER_VOXEL = 40
+# leave room for the rest of the process and the machine
+_MEMORY_FRACTION = 0.7
+
+
+def fit_batch_size(plan: UpsamplingPlan, upsampler: PlaneUpsampler, device: torch.device, batch_size: int,
+                   samples: int = 1) -> int:
+    """The batch size that fits the memory of ``device``, known before any work is done.
+
+    The requested batch is lowered (with a warning) when its planes would not fit; a job whose
+    volume or single plane does not fit at all is refused up front instead of being killed by
+    the out-of-memory killer half way (a native 320 x 320 axial scan in-plane x4 took 24 GB with
+    batches of 8 planes of 1280 x 1280).
+
+    Raises:
+        ConfigError: not even one plane (or the output volume) fits.
+    """
+    free = available_memory(device)
+    host = available_memory(torch.device("cpu")) if device.type == "cuda" else free
+    out_voxels = int(np.prod(plan.output_shape))
+    gib = 1024**3
+    if host is not None and out_voxels * _LOOP_BYTES_PER_VOXEL * (2 if samples > 1 else 1) > _MEMORY_FRACTION * host:
+        raise ConfigError(f"the output ({' x '.join(map(str, plan.output_shape))} voxels) needs about "
+                          f"{out_voxels * _LOOP_BYTES_PER_VOXEL / gib:.1f} GiB, but only {host / gib:.1f} GiB of "
+                          "memory is available; use a smaller factor or crop the volume")
+    model = getattr(upsampler, "model", None)
+    if model is None or free is None:
+        return batch_size
+    width = int(model.config["network"]["channels"][0])
+    h, w = (plan.output_shape[a] for a in plan.plane_axes)
+    per_plane = h * w * width * _NET_BYTES_PER_PIXEL_PER_CHANNEL
+    if getattr(upsampler, "start_model", None) is not None:
+        per_plane *= 2  # the regression start's output is held alongside
+    fits = int(_MEMORY_FRACTION * free // per_plane)
+    if fits < 1:
+        raise ConfigError(f"one {h} x {w} plane needs about {per_plane / gib:.1f} GiB on {device.type}, but only "
+                          f"{free / gib:.1f} GiB is available; use a smaller factor, a GPU, or free memory")
+    if fits < batch_size:
+        logger.warning("--batch-size %d lowered to %d: each %d x %d plane needs about %.1f GiB of the %.1f GiB "
+                       "available", batch_size, fits, h, w, per_plane / gib, free / gib)
+        return fits
+    return batch_size
+
+
+def _adapted_options(volume: Volume, plan: UpsamplingPlan, method: str, device: torch.device, seed: int,
+                     steps: int, progress: bool, options: dict[str, Any]) -> dict[str, Any]:
+    """The options with ``model`` replaced by the model adapted to ``volume`` (and the shipped
+    model's sampler defaults kept, as :func:`_build_learned` would apply them)."""
+    from mrisr.adaptation import adapt_model
+    from mrisr.models import LoadedModel, default_model, load_model
+
+    out = dict(options)
+    model = out.get("model")
+    expected, defaults = None, {}
+    if model is None:
+        shipped = default_model(method, plan.plane, plan.factor)
+        model, expected = str(shipped.path), shipped.sha256
+        defaults = {"sampler": shipped.sampler, "steps": shipped.steps}
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, expected_sha256=expected)
+    out["sampler"], out["steps"] = default_sampling(method, defaults or loaded.config.get("defaults") or {},
+                                                     out.get("sampler"), out.get("steps"), out.get("k"))
+    if (loaded.plane, loaded.factor) != (plan.plane, plan.factor):
+        raise ConfigError(f"{loaded.path.name} was trained for --plane {loaded.plane} --factor {loaded.factor}, "
+                          f"not --plane {plan.plane} --factor {plan.factor}")
+    out["model"] = adapt_model(loaded, volume, plan.plane, plan.factor, steps, seed=seed, device=device,
+                               progress=progress)
+    return out
+
+
+#: how far outside its training range an input's spacing may be before a warning
+SPACING_TOLERANCE = 1.5
+
+
+def _warn_outside_training_spacing(plan: UpsamplingPlan, trained: tuple[float, float] | None) -> None:
+    """One warning when the input's spacing along the upsampled axes is far from what the model
+    was trained for (e.g. the in-plane x4 model, trained on ~2.2 mm inputs, on a 0.6 mm scan)."""
+    if not trained:
+        return
+    axes = [a for a in range(3) if plan.axis_factors[a] > 1]
+    spacing = [plan.input_spacing[a] for a in axes]
+    lo, hi = trained
+    if min(spacing) < lo / SPACING_TOLERANCE or max(spacing) > hi * SPACING_TOLERANCE:
+        shown = " x ".join(f"{s:.3g}" for s in spacing)
+        logger.warning("this model was trained for inputs of %.3g-%.3g mm along the upsampled axes; this one has %s "
+                       "mm, so expect invented texture or little gain (docs/models.md)", lo, hi, shown)
+
+
+def _provenance(volume: Volume, method: str, plane: str, factor: int, extras: dict[str, Any]) -> dict[str, Any]:
+    """What made an output, for its header (no time stamp: the same run gives the same bytes)."""
+    from mrisr import __version__
+
+    prov: dict[str, Any] = {"software": "mrisr", "version": __version__, "method": method, "plane": plane,
+                            "factor": int(factor), "input": Path(str(volume.metadata.get("path", ""))).name or None}
+    for key in ("model_name", "model_sha256", "adaptation", "sampler", "steps", "k", "start", "seed", "samples",
+                "precision", "clipped_to_input_range"):
+        if extras.get(key) is not None:
+            prov["network_evaluations_per_plane" if key == "steps" else key] = extras[key]
+    return prov
+
+
+@dataclass
+class UpsampleResult:
+    """The upsampled volume and what it took to make it."""
+
+    volume: Volume
+    plan: UpsamplingPlan
+    method: str
+    device: str
+    seconds: float
+    network_evaluations: int
+    std_volume: Volume | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        """The JSON report written by ``mrisr upsample --report``."""
+        from mrisr import __version__
+
+        return {
+            "mrisr_version": __version__,
+            "method": self.method,
+            **self.plan.describe(),
+            "axis": self.plan.slice_axis,
+            "device": self.device,
+            "seconds": round(self.seconds, 4),
+            "network_evaluations": self.network_evaluations,  # batched network calls of the run
+            # per plane, whatever the batch size (1 for regression, 0 for interpolation)
+            "network_evaluations_per_plane": self.extras.get("steps", 0) or 0,
+            **self.extras,
+        }
+
+
+def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None = None,
+                    method: str = "bicubic", device: str = "cpu", batch_size: int = 8,
+                    seed: int = 0, samples: int = 1, progress: bool = False, clip: bool = True,
+                    on_start: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> UpsampleResult:
+    """Upsample a volume in-plane or through-plane, one batch of 2D planes at a time.
+
+    Args:
+        volume: the input volume.
+        plane: ``"in"`` or ``"through"`` (see :mod:`mrisr.geometry`).
+        factor: integer factor >= 2.
+        axis: the slice axis; by default the axis with the largest spacing.
+        method: a registered method name (:func:`available_methods`).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        batch_size: planes per call of the method.
+        seed: seed of stochastic methods.
+        samples: how many stochastic samples to average; with ``samples > 1`` the result also
+            holds their per-voxel standard deviation (an uncertainty map).
+        progress: show a progress bar on stderr (it appears only after about a second).
+        clip: for inputs without negative values (magnitude images), clip the output to the
+            input's range: interpolation overshoot and sampling noise cannot make a magnitude
+            negative or brighter than the input (False keeps the raw output).
+        on_start: called once the run is planned, before any plane is computed, with ``plan``,
+            ``method``, ``model_name``, ``sampler``, ``evaluations`` (per plane) and
+            ``batch_size`` (the CLI prints them at once).
+        options: for learned methods: ``model`` (a path, or a :class:`mrisr.models.LoadedModel`
+            built in memory), ``sampler``, ``steps``, ``precision``; for partdiff also ``k`` (the
+            start step) and ``start="regression"`` (diffuse the output of a regression model,
+            ``start_model`` or the shipped one, instead of the low-resolution image: a start
+            closer to the high-resolution image).
+
+    Returns:
+        The result, whose volume has the plan's output shape and affine.
+
+    Raises:
+        GeometryError, ConfigError, InputError: bad plane, factor, axis, method, device, batch
+            size, model or option combination.
+    """
+    from tqdm.auto import tqdm
+
+    require_int(batch_size, "batch size")
+    require_int(samples, "samples")
+    plan = plan_upsampling(volume.shape, volume.affine, plane, factor, axis)
+    spec = get_method(method)
+    given = sorted(k for k, v in options.items() if v is not None)
+    if not spec.learned and given:
+        raise ConfigError(f"--method {method} takes no {', '.join('--' + k for k in given)} "
+                          "(those are for partdiff, sr3 and regression)")
+    dev = resolve_device(device)
+    adapt_steps, save_adapted = options.pop("adapt", None), options.pop("save_adapted", None)
+    if save_adapted is not None and not adapt_steps:
+        raise ConfigError("--save-adapted needs --adapt")
+    if adapt_steps:
+        options = _adapted_options(volume, plan, method, dev, seed, int(adapt_steps), progress, options)
+        if save_adapted is not None:
+            from mrisr.models import save_model
+
+            adapted = options["model"]
+            save_model(save_adapted, adapted.network, adapted.config)
+    upsampler = spec.build(device=dev, seed=seed, plan=plan, **options)
+    _warn_outside_training_spacing(plan, getattr(upsampler, "input_spacing_mm", None))
+    if samples > 1 and not upsampler.stochastic:
+        raise ConfigError(f"--samples {samples} needs a stochastic method; {method} gives the same result every time")
+    batch_size = fit_batch_size(plan, upsampler, dev, batch_size, samples)
+    if on_start is not None:
+        on_start({"plan": plan, "method": method, "model_name": getattr(upsampler, "model_name", None),
+                  "sampler": getattr(upsampler, "sampler", None) if method != "regression" else None,
+                  "evaluations": getattr(upsampler, "steps_run", None), "batch_size": batch_size})
+
+    start = time.perf_counter()
+    data = volume.data
+    intensity = None
+    if upsampler.intensity is not None:
+        from mrisr.transforms import robust_range
+
+        intensity = robust_range(data, *upsampler.intensity)
+        data = intensity.normalise(data)
+    planes = torch.from_numpy(np.ascontiguousarray(to_planes(data, plan), dtype=np.float32))  # (N, H, W)
+    out_shape = (plan.n_planes, *(plan.output_shape[a] for a in plan.plane_axes))
+    mean = np.zeros(out_shape, np.float64)
+    m2 = np.zeros(out_shape, np.float64) if samples > 1 else None
+    desc = f"{method} x{factor} {plane}-plane" + (f", {samples} samples" if samples > 1 else "")
+    with tqdm(total=plan.n_planes * samples, desc=desc, unit="plane", disable=not progress, delay=1.0,
+              leave=False) as bar:
+        for lo in range(0, plan.n_planes, batch_size):
+            batch = planes[lo:lo + batch_size, None].to(dev)
+            for s in range(samples):
+                seeds = [plane_seed(seed, s, lo + i) for i in range(len(batch))]
+                with torch.inference_mode():
+                    up = upsampler(batch, plan.plane_factors, seeds)[:, 0].float().cpu().numpy()
+                # Welford's running mean and sum of squared deviations
+                delta = up - mean[lo:lo + len(batch)]
+                mean[lo:lo + len(batch)] += delta / (s + 1)
+                if m2 is not None:
+                    m2[lo:lo + len(batch)] += delta * (up - mean[lo:lo + len(batch)])
+                bar.update(len(batch))
+    if intensity is not None:
+        mean = intensity.denormalise(mean)
+    clipped = bool(clip) and volume.data.size > 0 and float(volume.data.min()) >= 0.0
+    if clipped:
+        mean = np.clip(mean, float(volume.data.min()), float(volume.data.max()))
+    std_volume = None
+    if m2 is not None:
+        std = np.sqrt(m2 / (samples - 1))  # sample standard deviation across the N samples
+        if intensity is not None:
+            std = std * intensity.scale  # back to the input's units (scale only, no offset)
+        std_volume = volume.with_data(from_planes(std, plan), plan.output_affine, mrisr_method=method,
+                                      mrisr_map="std")
+    seconds = time.perf_counter() - start
+    logger.info("%s x%d %s-plane: %s -> %s in %.2f s, %d network evaluations", method, factor, plane,
+                plan.input_shape, plan.output_shape, seconds, upsampler.network_evaluations)
+    out = volume.with_data(from_planes(mean, plan), plan.output_affine, mrisr_method=method, mrisr_plane=plane,
+                           mrisr_factor=factor)
+    extras: dict[str, Any] = {"clipped_to_input_range": clipped}
+    if spec.learned:
+        extras.update({"sampler": getattr(upsampler, "sampler", None), "steps": getattr(upsampler, "steps_run", None),
+                       "k": getattr(upsampler, "k", None),
+                       "start": "regression" if getattr(upsampler, "start_model", None) is not None else None,
+                       "seed": seed, "samples": samples,
+                       "model": str(upsampler.model.path),  # type: ignore[attr-defined]
+                       "model_name": getattr(upsampler, "model_name", None),
+                       "model_sha256": getattr(upsampler, "model_sha256", None),
+                       "adaptation": {k: v for k, v in (upsampler.model.config.get("adaptation") or {}).items()  # type: ignore[attr-defined]
+                                      if k in ("steps", "seed", "pairs", "from_model")} or None,
+                       "precision": getattr(upsampler, "precision", None)})
+    provenance = _provenance(volume, method, plane, factor, extras)
+    out.metadata["mrisr_provenance"] = {**provenance, "map": "mean" if samples > 1 else "image"}
+    if std_volume is not None:
+        std_volume.metadata["mrisr_provenance"] = {**{k: v for k, v in provenance.items()
+                                                      if k != "clipped_to_input_range"},
+                                                   "map": f"standard deviation of {samples} samples"}
+    return UpsampleResult(volume=out, plan=plan, method=method, device=str(dev), seconds=seconds,
+                          network_evaluations=int(upsampler.network_evaluations), std_volume=std_volume,
+                          extras=extras)
