@@ -232,7 +232,11 @@ def _setup_logging(args: argparse.Namespace) -> None:
     import warnings
 
     level = logging.DEBUG if args.debug else (logging.ERROR if args.quiet else logging.WARNING)
+    # one handler however often main() runs in a process (each writes to the current stderr)
+    for old in [h for h in logger.handlers if getattr(h, "mrisr_cli", False)]:
+        logger.removeHandler(old)
     handler = logging.StreamHandler(sys.stderr)
+    handler.mrisr_cli = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("mrisr: %(levelname)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(level)

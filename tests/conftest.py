@@ -72,10 +72,39 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def run_mrisr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the real ``mrisr`` entry point in a subprocess."""
+def run_mrisr_subprocess(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real ``mrisr`` entry point in a subprocess (where the process is the point:
+    the console script, signals, what a fresh interpreter imports)."""
     return subprocess.run([sys.executable, "-m", "mrisr", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
+
+
+def run_mrisr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``mrisr.cli.main`` in this process, as the console script would (exit code, stdout,
+    stderr), from ``cwd``: the same code path as a subprocess without its start-up cost."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    from mrisr.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    root_level = logging.getLogger().level
+    here = os.getcwd()
+    argv = [str(a) for a in args]
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse: --help, usage errors
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    finally:
+        os.chdir(here)
+        logging.getLogger().setLevel(root_level)
+    return subprocess.CompletedProcess(["mrisr", *argv], int(code or 0), out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

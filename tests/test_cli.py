@@ -9,6 +9,8 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -17,7 +19,8 @@ import pytest
 
 from mrisr.io import Volume, load_volume, save_volume
 
-from conftest import PROSTATEX, file_digest, make_affine, needs_prostatex, prostatex_nifti, run_mrisr
+from conftest import (PROSTATEX, file_digest, make_affine, needs_prostatex, prostatex_nifti, run_mrisr,
+                      run_mrisr_subprocess)
 
 
 @pytest.fixture
@@ -200,8 +203,16 @@ def test_info_reports_geometry():
 
 
 def test_help_is_instant_and_lists_commands():
-    result = run_mrisr("--help")
+    """Instant by construction: ``--help`` imports none of the heavy libraries (a fresh
+    interpreter, so nothing is imported already)."""
+    result = run_mrisr_subprocess("--help")
     assert result.returncode == 0 and "upsample" in result.stdout and "info" in result.stdout
+    probe = ("import sys, contextlib, io\nfrom mrisr.cli import main\nwith contextlib.redirect_stdout(io.StringIO()):\n"
+             "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('torch', 'monai', 'numpy', 'scipy', 'nibabel', 'SimpleITK', 'pydicom') "
+             "if m in sys.modules))")
+    heavy = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert heavy.returncode == 0 and heavy.stdout.strip() == "[]", heavy.stdout + heavy.stderr
 
 
 def test_out_of_range_integers_are_one_line_errors(tmp_path, small_volume):
@@ -240,8 +251,6 @@ def test_shipped_partdiff_keeps_its_sampler_when_only_steps_are_given():
 def test_sigterm_leaves_nothing_and_exits_143(tmp_path):
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
     rng = np.random.default_rng(0)

@@ -46,7 +46,7 @@ def test_tiny_network_learns_on_a_real_slice():
     torch.manual_seed(0)
     net = SR3UNet(**network_config("tiny"))
     inferer = PartialDiffusionInferer(objective="sr3", loss="l2")
-    eval_hr = _crops(slice_, 16, 48, np.random.default_rng(99))
+    eval_hr = _crops(slice_, 16, 32, np.random.default_rng(99))
     eval_cond = _pairs(eval_hr, 4)
 
     def eval_loss() -> float:
@@ -55,16 +55,16 @@ def test_tiny_network_learns_on_a_real_slice():
 
     before = eval_loss()
     assert before == pytest.approx(1.0, rel=0.1)  # zero prediction: E[eps^2] = 1
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.0)
     tgen = torch.Generator().manual_seed(1)
-    for _ in range(150):
-        hr = _crops(slice_, 8, 48, gen)
+    for _ in range(40):  # 40 steps of 8 crops of 32 x 32 already take it below 10 % (measured: 6 %)
+        hr = _crops(slice_, 8, 32, gen)
         loss = inferer(hr, net, condition=_pairs(hr, 4), generator=tgen)
         opt.zero_grad()
         loss.backward()
         opt.step()
     after = eval_loss()
-    assert after < 0.5 * before, (before, after)
+    assert after < 0.2 * before, (before, after)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -340,8 +339,18 @@ def test_frechet_distance_matches_the_closed_form():
 
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "pipelines" / script), *args], capture_output=True, text=True,
-                          timeout=300)
+    """Run a pipeline's ``main(argv)`` in this process (exit code, stdout, stderr)."""
+    import contextlib
+    import importlib.util
+    import io
+
+    spec = importlib.util.spec_from_file_location(f"pipeline_{Path(script).stem}", REPO / "pipelines" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = module.main([str(a) for a in args])
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 
 def test_benchmark_natural_scores_bicubic_and_a_model(tmp_path):

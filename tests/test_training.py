@@ -30,8 +30,14 @@ def _env() -> dict[str, str]:
 
 
 def _train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``mrisr train`` in a fresh process with one thread (runs compared bit for bit)."""
     return subprocess.run([sys.executable, "-m", "mrisr", "train", *map(str, args), "--quiet"], cwd=cwd,
                           capture_output=True, text=True, timeout=600, env=_env())
+
+
+def _train_here(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``mrisr train`` in this process (where no other run is compared with it bit for bit)."""
+    return run_mrisr("train", *args, "--quiet", cwd=cwd)
 
 
 def _log(run: Path) -> list[tuple[int, float]]:
@@ -73,7 +79,7 @@ def test_twenty_steps_lower_the_loss(tmp_path):
 
 @needs_prostatex
 def test_sigkill_then_resume_continues_exactly(tmp_path):
-    steps = "40"
+    steps = "12"  # a checkpoint every 5 steps: killed after the first, resumed to the end
     ref = _train(TINY, "-o", "ref", "--max-steps", steps, cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr
     proc = subprocess.Popen([sys.executable, "-m", "mrisr", "train", str(TINY), "-o", "killed", "--max-steps", steps,
@@ -88,7 +94,7 @@ def test_sigkill_then_resume_continues_exactly(tmp_path):
     kept = sorted(int(p.stem.split("_")[1]) for p in ckpt_dir.glob("step_*.pt"))
     assert kept and kept[-1] < int(steps)
     # without --resume the run folder is protected
-    refused = _train(TINY, "-o", "killed", "--max-steps", steps, cwd=tmp_path)
+    refused = _train_here(TINY, "-o", "killed", "--max-steps", steps, cwd=tmp_path)
     assert refused.returncode == 2 and "--resume" in refused.stderr
     resumed = _train(TINY, "-o", "killed", "--max-steps", steps, "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
@@ -189,7 +195,7 @@ def test_set_overrides_are_data_and_checked(tmp_path):
 @needs_prostatex
 def test_a_time_limit_stops_with_checkpoint_validation_and_model(tmp_path):
     run = tmp_path / "run"
-    result = _train(TINY, "-o", run, "--max-minutes", "0.0001", "--set", "validation.slices=1", cwd=tmp_path)
+    result = _train_here(TINY, "-o", run, "--max-minutes", "0.0001", "--set", "validation.slices=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (step, _), = _log(run)
     assert 1 <= step < 20  # stopped by the clock, not by max_steps
@@ -198,7 +204,7 @@ def test_a_time_limit_stops_with_checkpoint_validation_and_model(tmp_path):
     header, last = rows[0].split(","), dict(zip(rows[0].split(","), rows[-1].split(",")))
     assert {"gain_db", "gain_worst_series_db", "gain_worst_plane_db", "planes"} <= set(header)
     assert int(last["planes"]) == 1 and int(last["step"]) == step  # one whole plane of 0218 cor
-    again = _train(TINY, "-o", run, "--resume", cwd=tmp_path)
+    again = _train_here(TINY, "-o", run, "--resume", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert _log(run)[-1][0] == 20
 
