@@ -224,3 +224,37 @@ def test_configs_are_data_and_never_run_code(tmp_path):
         result = run_mrisr("train", tmp_path / name, "-o", tmp_path / "run")
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("key,value,phrase", [
+    ("optim.lr", "fast", "optim.lr must be a number"),
+    ("k_noise_level", 1.0, "k_noise_level must be in [1e-06, 1)"),
+    ("validation.every", 0, "validation.every must be an integer >= 1"),
+    ("optim.loss", "l3", "optim.loss must be one of"),
+    ("data.channels", True, "data.channels must be one of"),
+    ("task.blur_sigma_max", -1, "must be in [0, inf]"),
+    ("optim.grad_clip", float("nan"), "optim.grad_clip must be a number"),
+    ("log.every", 2.5, "log.every must be an integer")])
+def test_the_config_schema_names_the_bad_value(key, value, phrase):
+    from mrisr.training.config import SCHEMA
+
+    assert key in SCHEMA
+    section, _, name = key.rpartition(".")
+    override = {section: {name: value}} if section else {name: value}
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY, override)
+    assert phrase in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_single_valued_default_is_in_the_schema():
+    from mrisr.training.config import DEFAULTS, SCHEMA
+
+    free = {"name", "init_from", "data.datalist", "data.glob", "data.validation_glob", "data.planes", "validation.crop"}
+    whole = {"network", "schedules", "data.normalisation"}  # checked by what builds them
+    leaves = set()
+    for key, value in DEFAULTS.items():
+        if isinstance(value, dict) and key not in whole:
+            leaves |= {f"{key}.{k}" for k, v in value.items() if f"{key}.{k}" not in whole}
+        elif key not in whole:
+            leaves.add(key)
+    assert leaves - free == set(SCHEMA), sorted((leaves - free) ^ set(SCHEMA))

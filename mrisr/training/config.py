@@ -8,15 +8,16 @@ import copy
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mrisr.data import AUGMENTATIONS, DATA_KINDS
 from mrisr.diffusion import INFERENCE_SCHEDULE, OBJECTIVES, TRAINING_SCHEDULE
 from mrisr.errors import ConfigError, require_int
 from mrisr.transforms import PAIR_KINDS, ROBUST_PERCENTILES
 
-__all__ = ["DEFAULTS", "LR_SCHEDULES", "load_config", "learning_rate"]
+__all__ = ["DEFAULTS", "SCHEMA", "Field", "LR_SCHEDULES", "load_config", "learning_rate"]
 
 DEFAULTS: dict[str, Any] = {
     "name": "mrisr",
@@ -115,61 +116,111 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     return config
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class Field:
+    """What one config value may be: an integer or a number in ``[minimum, maximum]`` (a number
+    above ``below`` when it is given, strictly), one of ``choices``, or None when ``optional``."""
+
+    kind: Literal["int", "number", "choice"]
+    minimum: float | None = None
+    maximum: float | None = None
+    below: float | None = None
+    choices: tuple[Any, ...] = ()
+    optional: bool = False
+
+    def check(self, key: str, value: Any) -> None:
+        if value is None and self.optional:
+            return
+        if self.kind == "choice":
+            if isinstance(value, bool) or value not in self.choices:
+                raise ConfigError(f"{key} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+            return
+        if self.kind == "int":
+            require_int(value, key, int(self.minimum or 0) if self.minimum is not None else -(2**63),
+                        None if self.maximum is None else int(self.maximum))
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum) \
+                or (self.below is not None and value >= self.below):
+            low = "-inf" if self.minimum is None else f"{self.minimum:g}"
+            high = f"{self.below:g})" if self.below is not None else ("inf]" if self.maximum is None
+                                                                      else f"{self.maximum:g}]")
+            raise ConfigError(f"{key} must be in [{low}, {high}, got {value!r}")
+
+
+#: the one schema of the single-valued settings (dotted keys); rules across settings follow in _validate
+SCHEMA: dict[str, Field] = {
+    "seed": Field("int", minimum=0),
+    "objective": Field("choice", choices=OBJECTIVES),
+    "k_noise_level": Field("number", minimum=1e-6, below=1.0),
+    "task.plane": Field("choice", choices=("in", "through")),
+    "task.pairs": Field("choice", choices=PAIR_KINDS),
+    "task.factor": Field("int", minimum=2),
+    "task.blur_sigma_max": Field("number", minimum=0.0),
+    "data.kind": Field("choice", choices=DATA_KINDS),
+    "data.channels": Field("choice", choices=(1, 3)),
+    "data.image_size": Field("int", minimum=8, optional=True),
+    "data.crop": Field("int", minimum=8),
+    "data.num_workers": Field("int", minimum=0),
+    "data.augment": Field("choice", choices=AUGMENTATIONS),
+    "optim.lr": Field("number", minimum=0.0),
+    "optim.weight_decay": Field("number", minimum=0.0),
+    "optim.batch_size": Field("int", minimum=1),
+    "optim.grad_accum": Field("int", minimum=1),
+    "optim.max_steps": Field("int", minimum=1),
+    "optim.ema_decay": Field("number", minimum=0.0, below=1.0),
+    "optim.precision": Field("choice", choices=("auto", "bf16", "fp32")),
+    "optim.loss": Field("choice", choices=("l1", "l2")),
+    "optim.grad_clip": Field("number", minimum=0.0, optional=True),
+    "optim.lr_schedule": Field("choice", choices=LR_SCHEDULES),
+    "optim.warmup_steps": Field("int", minimum=0),
+    "checkpoint.every": Field("int", minimum=1),
+    "checkpoint.keep": Field("int", minimum=1),
+    "validation.every": Field("int", minimum=1),
+    "validation.slices": Field("int", minimum=0),
+    "validation.sampler": Field("choice", choices=("ancestral", "ddim")),
+    "validation.steps": Field("int", minimum=1, optional=True),
+    "validation.batch_size": Field("int", minimum=1),
+    "log.every": Field("int", minimum=1),
+}
+
+
+def _value(config: dict[str, Any], key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
 def _validate(config: dict[str, Any]) -> None:
-    if config["objective"] not in OBJECTIVES:
-        raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {config['objective']!r}")
-    task = config["task"]
-    if task["plane"] not in ("in", "through"):
-        raise ConfigError(f"task.plane must be in or through, got {task['plane']!r}")
-    if task["pairs"] not in PAIR_KINDS:
-        raise ConfigError(f"task.pairs must be one of {', '.join(PAIR_KINDS)}, got {task['pairs']!r}")
+    for key, field_ in SCHEMA.items():
+        field_.check(key, _value(config, key))
+    task, data = config["task"], config["data"]
     if (task["plane"] == "in") != (task["pairs"] == "in"):
         raise ConfigError(f"task.pairs {task['pairs']!r} does not train task.plane {task['plane']!r} "
                           "(in-plane models use 'in' pairs; through-plane ones 'through' or 'selfsup')")
-    if not isinstance(task["factor"], int) or task["factor"] < 2:
-        raise ConfigError(f"task.factor must be an integer >= 2, got {task['factor']!r}")
-    data = config["data"]
-    if data["kind"] not in DATA_KINDS:
-        raise ConfigError(f"data.kind must be one of {', '.join(DATA_KINDS)}, got {data['kind']!r}")
-    if data["channels"] not in (1, 3) or (data["kind"] == "volumes" and data["channels"] != 1):
+    if data["kind"] == "volumes" and data["channels"] != 1:
         raise ConfigError(f"data.channels must be 1 (volumes, grey images) or 3 (RGB images), got {data['channels']!r}")
     if data["kind"] == "images":
         if task["pairs"] != "in":
             raise ConfigError("natural images (data.kind: images) train in-plane pairs: task.plane in, task.pairs in")
-        if data["image_size"] is not None:
-            require_int(data["image_size"], "data.image_size", 8)
-            if data["image_size"] % task["factor"] or data["image_size"] < data["crop"]:
-                raise ConfigError(f"data.image_size {data['image_size']} must be divisible by task.factor "
-                                  f"{task['factor']} and at least data.crop {data['crop']}")
+        size = data["image_size"]
+        if size is not None and (size % task["factor"] or size < data["crop"]):
+            raise ConfigError(f"data.image_size {data['image_size']} must be divisible by task.factor "
+                              f"{task['factor']} and at least data.crop {data['crop']}")
     elif data["image_size"] is not None:
         raise ConfigError("data.image_size applies to data.kind: images only")
-    crop = config["data"]["crop"]
-    if not isinstance(crop, int) or crop < 8 or crop % task["factor"]:
-        raise ConfigError(f"data.crop must be an integer >= 8 divisible by task.factor {task['factor']}, got {crop!r}")
-    optim = config["optim"]
-    for key in ("batch_size", "grad_accum", "max_steps"):
-        if not isinstance(optim[key], int) or optim[key] < 1:
-            raise ConfigError(f"optim.{key} must be an integer >= 1, got {optim[key]!r}")
-    if optim["lr_schedule"] not in LR_SCHEDULES:
-        raise ConfigError(f"optim.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {optim['lr_schedule']!r}")
-    if not isinstance(optim["warmup_steps"], int) or optim["warmup_steps"] < 0:
-        raise ConfigError(f"optim.warmup_steps must be an integer >= 0, got {optim['warmup_steps']!r}")
-    if config["data"]["augment"] not in AUGMENTATIONS:
-        raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {config['data']['augment']!r}")
-    workers = config["data"]["num_workers"]
-    require_int(workers, "data.num_workers", 0)
-    if optim["precision"] not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"optim.precision must be auto, bf16 or fp32, got {optim['precision']!r}")
-    if not 0.0 <= float(optim["ema_decay"]) < 1.0:
-        raise ConfigError(f"optim.ema_decay must be in [0, 1), got {optim['ema_decay']}")
-    for key in ("every", "keep"):
-        if not isinstance(config["checkpoint"][key], int) or config["checkpoint"][key] < 1:
-            raise ConfigError(f"checkpoint.{key} must be an integer >= 1")
-    if not config["data"]["datalist"] and not config["data"]["glob"]:
+    if data["crop"] % task["factor"]:
+        raise ConfigError(f"data.crop must be an integer >= 8 divisible by task.factor {task['factor']}, "
+                          f"got {data['crop']!r}")
+    if not data["datalist"] and not data["glob"]:
         raise ConfigError("the config needs data.datalist (decathlon JSON) or data.glob")
 
 
-LR_SCHEDULES = ("constant", "cosine")
 
 
 def learning_rate(step: int, base: float, schedule: str, warmup: int, total: int) -> float:
