@@ -7,8 +7,8 @@ resampling, simulated acquisitions, metrics); ``transforms`` (MONAI-style pairs 
 intensity); ``networks``; ``diffusion`` (schedules, objectives, samplers and their
 ``SamplingPlan``, the inferer); ``models`` (model files and the shipped registry); ``data``
 (datalists, plane and image banks, pair batches); ``inference``, ``training`` (a package:
-``config``, ``trainer``, ``checkpoints``, ``validation``, ``logs``), ``analysis`` and
-``natural`` (orchestration); ``cli``. Import submodules directly; this package
+``config``, ``trainer``, ``checkpoints``, ``validation``, ``logs``), ``analysis``,
+``comparison`` and ``natural`` (orchestration); ``cli``. Import submodules directly; this package
 module stays light so that ``mrisr --help`` is instant.
 """
 

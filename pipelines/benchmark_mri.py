@@ -1,4 +1,5 @@
-"""The paper's MRI benchmark (Tables 3-4, Fig. 6) on held-out volumes.
+"""The paper's MRI benchmark (Tables 3-4, Fig. 6) on held-out volumes: argument parsing and
+reports around :func:`mrisr.comparison.compare_on_volume`.
 
 For each validation volume of a datalist the script simulates the low-resolution acquisition,
 runs every method through the same code path as ``mrisr upsample`` (mrisr.inference), and
@@ -35,75 +36,17 @@ import argparse
 import json
 import platform
 import sys
-import time
-from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from mrisr.comparison import METRICS, compare_on_volume, gain_spread, matches_run, method_runs
 from mrisr.errors import MrisrError
-from mrisr.metrics import psnr, spectral_error, ssim
-from mrisr.geometry import plan_upsampling
-from mrisr.inference import upsample_volume
-from mrisr.io import Volume, load_volume
-from mrisr.transforms import robust_range
+from mrisr.io import load_volume
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class MethodRun:
-    label: str
-    method: str
-    model_role: str | None = None  # which model: sr3, partdiff, regression
-    options: dict[str, Any] = field(default_factory=dict)
-    start_role: str | None = None  # a model whose output partdiff diffuses (--start regression)
-    samples: int = 1
-
-
-def method_runs(plane: str) -> list[MethodRun]:
-    runs = [MethodRun("Bicubic", "bicubic"), MethodRun("B-spline", "bspline"),
-            MethodRun("Regression", "regression", "regression")]
-    if plane == "in":
-        runs += [MethodRun("SR3 (T = 100)", "sr3", "sr3"),
-                 *(MethodRun(f"SR3 partial, no alignment (K = {k})", "partdiff", "sr3", {"steps": k})
-                   for k in (25, 50, 75))]
-    runs += [MethodRun("PartDiff, latent alignment", "partdiff", "partdiff"),
-             MethodRun("PartDiff, DDIM 8 steps", "partdiff", "partdiff", {"sampler": "ddim", "steps": 8}),
-             MethodRun("PartDiff, DDIM 4 steps", "partdiff", "partdiff", {"sampler": "ddim", "steps": 4}),
-             MethodRun("PartDiff, DDIM 2 steps", "partdiff", "partdiff", {"sampler": "ddim", "steps": 2}),
-             MethodRun("PartDiff, DDIM 4 steps, mean of 4 samples", "partdiff", "partdiff",
-                       {"sampler": "ddim", "steps": 4}, samples=4)]
-    # beyond the paper: diffuse the regression output to a small K instead of the LR image
-    runs += [MethodRun(f"PartDiff from regression start (K = {k}), DDIM {min(k, 4)}", "partdiff", "partdiff",
-                       {"sampler": "ddim", "steps": min(k, 4), "k": k, "start": "regression"}, start_role="regression")
-             for k in (5, 10, 15)]
-    return runs
-
-
-def _matches(name: str, run: MethodRun, plane: str) -> bool:
-    """``--methods`` entries: an exact label (case-insensitive) picks that run alone; otherwise
-    a method name or a substring of labels."""
-    labels = {r.label.lower() for r in method_runs(plane)}
-    if name.lower() in labels:
-        return name.lower() == run.label.lower()
-    return name == run.method or name.lower() in run.label.lower()
-
-
-def degrade(volume: Volume, plane: str, factor: int) -> tuple[Volume, int]:
-    """The simulated low-resolution volume and the axis ``mrisr upsample --axis`` must use
-    (:func:`mrisr.transforms.simulate_lowres`, the training degradations on whole volumes)."""
-    from mrisr.transforms import simulate_lowres
-
-    return simulate_lowres(volume, plane, factor)
-
-
-def reference_on_grid(hr: Volume, plan_shape: tuple[int, ...]) -> np.ndarray:
-    """The HR volume cropped to the upsampled grid (identical geometry by construction)."""
-    return hr.data[tuple(slice(0, n) for n in plan_shape)]
 
 
 def main() -> int:
@@ -140,7 +83,7 @@ def main() -> int:
     entries = val if args.split == "validation" else train
     if args.plane == "through":
         entries = [e for e in entries if e.plane in (None, "cor", "sag")]
-    wanted = [r for r in method_runs(args.plane) if not args.methods or any(_matches(m, r, args.plane)
+    wanted = [r for r in method_runs(args.plane) if not args.methods or any(matches_run(m, r, args.plane)
                                                                              for m in args.methods)]
     runs = [r for r in wanted if (r.model_role is None or models[r.model_role])
             and (r.start_role is None or models[r.start_role])]
@@ -148,72 +91,23 @@ def main() -> int:
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, list[float]]] = {r.label: {"psnr": [], "ssim": [], "consistency_mse": [],
-                                                            "spectral_high_db": [], "spectral_low_db": [],
-                                                            "seconds": [], "volume_seconds": [],
-                                                            "network_evaluations": []} for r in runs}
+    results: dict[str, dict[str, list[float]]] = {r.label: {k: [] for k in METRICS} for r in runs}
     patches: dict[str, np.ndarray] = {}
     per_volume: dict[str, dict[str, float]] = {r.label: {} for r in runs}  # mean PSNR of each series
     for entry in entries:
-        hr = load_volume(entry.image)
-        whole_voxels = int(np.prod(hr.shape))
-        if args.crop:  # the central crop of every axis longer than --crop (stacks of slices stay whole)
-            hr = hr.crop([args.crop] * 3, multiple=[factor if n > args.crop else 1 for n in hr.shape])
-        lr, axis = degrade(hr, args.plane, factor)
-        plan = plan_upsampling(lr.shape, lr.affine, args.plane, factor, axis)
-        ref = reference_on_grid(hr, plan.output_shape)
-        norm = robust_range(ref)
-        stack = plan.stack_axis
-        n = lr.shape[stack]
-        # whole-volume time: per-plane time scaled by voxels (a convolutional network's cost is
-        # proportional to them; exact without --crop)
-        to_whole = whole_voxels / int(np.prod(hr.shape)) * n
-        keep = np.arange(n) if not args.slices or args.slices >= n else \
-            np.linspace(n * 0.3, n * 0.7, args.slices).round().astype(int)
-        keep = np.unique(keep)
-        sub_lr = lr.with_data(np.take(lr.data, keep, axis=stack), lr.affine)
-        sub_ref = np.take(ref, keep, axis=stack)
-        for run in runs:
-            opts = dict(run.options)
-            if run.model_role:
-                opts["model"] = models[run.model_role]
-            if run.start_role:
-                opts["start_model"] = models[run.start_role]
-            t0 = time.perf_counter()
-            res = upsample_volume(sub_lr, args.plane, factor, axis=axis, method=run.method, device=args.device,
-                                  seed=args.seed, batch_size=4, samples=run.samples, **opts)
-            seconds = time.perf_counter() - t0
-            est = res.volume.data
-            # consistency: the output degraded again vs the low-resolution input
-            again, _ = degrade(res.volume.with_data(est, res.volume.affine), args.plane, factor)
-            lr_planes = np.moveaxis(sub_lr.data, stack, 0)
-            again_planes = np.moveaxis(again.data, stack, 0)
-            for i in range(len(keep)):
-                e = norm.normalise(np.moveaxis(est, stack, 0)[i])
-                r = norm.normalise(np.moveaxis(sub_ref, stack, 0)[i])
-                results[run.label]["psnr"].append(psnr(e, r, 2.0))
-                results[run.label]["ssim"].append(ssim(e, r, 2.0))
-                # through-plane: rows (the plane's first axis) are the upsampled slice axis
-                spectral = spectral_error(e, r, 0.5 / factor, axis=None if args.plane == "in" else 0)
-                results[run.label]["spectral_high_db"].append(spectral["high_db"])
-                results[run.label]["spectral_low_db"].append(spectral["low_db"])
-                results[run.label]["consistency_mse"].append(float(np.mean(
-                    (norm.normalise(again_planes[i]) - norm.normalise(lr_planes[i])) ** 2)))
-            per_volume[run.label][Path(entry.image).name] = float(np.mean(results[run.label]["psnr"][-len(keep):]))
-            results[run.label]["seconds"].append(seconds / len(keep))
-            results[run.label]["volume_seconds"].append(seconds / len(keep) * to_whole)
-            # per plane: a batched network call runs several planes at once
-            results[run.label]["network_evaluations"].append(float(res.extras.get("steps") or 0))
-            if entry is entries[0]:
-                mid = np.moveaxis(est, stack, 0)[len(keep) // 2]
-                patches[run.label] = mid
-            print(f"{Path(entry.image).name}: {run.label}: PSNR {np.mean(results[run.label]['psnr'][-len(keep):]):.2f}"
-                  f" dB, {seconds / len(keep):.1f} s/slice", file=sys.stderr)
+        name = Path(entry.image).name
+
+        def report(label: str, mean_psnr: float, seconds: float, name: str = name) -> None:
+            print(f"{name}: {label}: PSNR {mean_psnr:.2f} dB, {seconds:.1f} s/slice", file=sys.stderr)
+
+        found = compare_on_volume(load_volume(entry.image), args.plane, factor, runs, models, args.slices, args.crop,
+                                  args.device, args.seed, on_run=report)
+        for label, values in found.metrics.items():
+            for key, v in values.items():
+                results[label][key] += v
+            per_volume[label][name] = float(np.mean(values["psnr"]))
         if entry is entries[0]:
-            patches["HR reference"] = np.moveaxis(sub_ref, stack, 0)[len(keep) // 2]
-            lr_mid = np.moveaxis(sub_lr.data, stack, 0)[len(keep) // 2]
-            fy, fx = plan.plane_factors
-            patches["LR input"] = np.repeat(np.repeat(lr_mid, fy, axis=0), fx, axis=1)
+            patches = found.patches
 
     device = "cuda: " + torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available() else \
         f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
@@ -230,13 +124,8 @@ def main() -> int:
     # the spread: gain over bicubic per plane and per series (a mean can hide a failing series)
     base = results.get("Bicubic")
     for label, m in results.items():
-        if base is None or len(base["psnr"]) != len(m["psnr"]):
-            continue
-        gain = np.array(m["psnr"]) - np.array(base["psnr"])
-        series = [per_volume[label][v] - per_volume["Bicubic"][v] for v in per_volume[label]]
-        summary["methods"][label] |= {"gain_db": float(gain.mean()), "gain_worst_plane_db": float(gain.min()),
-                                      "gain_worst_series_db": float(min(series)),
-                                      "gain_best_series_db": float(max(series))}
+        if base is not None and len(base["psnr"]) == len(m["psnr"]):
+            summary["methods"][label] |= gain_spread(m["psnr"], base["psnr"], per_volume[label], per_volume["Bicubic"])
     (out_dir / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
     per = "cropped slice" if args.crop else "slice"
     lines = [f"| method | PSNR dB | gain dB: mean / worst series / worst plane | SSIM | spectrum above LR Nyquist dB | "
