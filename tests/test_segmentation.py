@@ -57,7 +57,9 @@ def test_dice_of_a_real_label_map_against_itself_and_shifted():
 @needs_msd
 def test_labels_resampled_onto_an_upsampled_grid_and_back_are_exact():
     vol = msd_labels()
+    vol = vol.crop([96, 96, None])  # the central 96 x 96 holds the gland: both zones, and background
     labels = np.rint(vol.data).astype(np.uint8)
+    assert set(np.unique(labels)) >= {0, 1, 2}
     for factors in [(2, 2, 1), (1, 1, 3), (4, 4, 1)]:
         up_affine = upsampled_affine(vol.affine, factors)
         up_shape = tuple(n * f for n, f in zip(labels.shape, factors))
