@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from mrisr.degradation import simulate_lowres
 from mrisr.geometry import plan_upsampling
 from mrisr.inference import upsample_volume
 from mrisr.io import Volume
 from mrisr.metrics import psnr, spectral_error, ssim
-from mrisr.transforms import robust_range, simulate_lowres
+from mrisr.transforms import robust_range
 
 __all__ = ["MethodRun", "method_runs", "matches_run", "VolumeComparison", "compare_on_volume", "gain_spread",
            "METRICS"]

@@ -15,7 +15,7 @@ from mrisr.errors import GeometryError
 from mrisr.geometry import check_factor, downsampled_affine
 from mrisr.io import Volume
 
-__all__ = ["average_lines", "thick_slice_volume"]
+__all__ = ["average_lines", "bicubic_downsample", "thick_slice_volume", "simulate_lowres"]
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
@@ -47,6 +47,20 @@ def average_lines(data: ArrayT, axis: int, factor: int) -> ArrayT:
     return np.moveaxis(thick, 0, axis).astype(np.float32)  # type: ignore[return-value]
 
 
+def bicubic_downsample(planes: torch.Tensor, factor: int) -> torch.Tensor:
+    """Anti-aliased bicubic downsampling of ``(B, C, H, W)`` planes by ``factor`` along both
+    axes (``H`` and ``W`` divisible by it): the in-plane low-resolution step of training pairs,
+    validation, benchmarks and analyses."""
+    import torch.nn.functional as F
+
+    factor = check_factor(factor)
+    h, w = planes.shape[-2:]
+    if h % factor or w % factor:
+        raise GeometryError(f"plane of {h} x {w} is not divisible by the factor {factor}")
+    return F.interpolate(planes.float(), size=(h // factor, w // factor), mode="bicubic", antialias=True,
+                         align_corners=False)
+
+
 def thick_slice_volume(volume: Volume, axis: int, factor: int) -> Volume:
     """A thick-slice version of ``volume``: ``factor`` lines averaged along ``axis``, with the
     affine of the merged grid (same slab, each thick voxel centred on its children)."""
@@ -54,3 +68,27 @@ def thick_slice_volume(volume: Volume, axis: int, factor: int) -> Volume:
     data = average_lines(volume.data, axis, factor)
     return volume.with_data(data, downsampled_affine(volume.affine, factors),  # type: ignore[arg-type]
                             degradation=f"average of {factor} lines along axis {axis}")
+
+
+def simulate_lowres(volume: Volume, plane: str, factor: int) -> tuple[Volume, int]:
+    """The low-resolution volume the benchmarks and the downstream evaluation start from, and
+    the axis ``mrisr upsample --axis`` must use to come back to ``volume``'s grid.
+
+    In-plane: every slice (slice axis = largest spacing) cropped to a multiple of ``factor`` and
+    downsampled by anti-aliased bicubic (:func:`bicubic_downsample`), the validation degradation.
+    Through-plane: ``factor`` lines averaged along the superior-inferior axis
+    (:func:`thick_slice_volume`). The affine is the merged grid's, so upsampling by ``factor``
+    gives back ``volume``'s grid (cropped to a multiple of ``factor``).
+    """
+    from mrisr.geometry import slice_axis, superior_inferior_axis
+
+    if plane == "in":
+        axis = slice_axis(volume.affine)
+        moved = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume.data, axis, 0)))[:, None]
+        h, w = moved.shape[-2:]
+        moved = moved[..., : h - h % factor, : w - w % factor]
+        lr = bicubic_downsample(moved, factor)[:, 0].numpy()
+        factors = tuple(1 if a == axis else factor for a in range(3))
+        return volume.with_data(np.moveaxis(lr, 0, axis), downsampled_affine(volume.affine, factors)), axis
+    axis = superior_inferior_axis(volume.affine)
+    return thick_slice_volume(volume, axis, factor), axis

@@ -2,7 +2,7 @@
 Fig. 14-15).
 
 For each volume and factor: the low-resolution volume is simulated with the library's
-degradation (:func:`mrisr.transforms.simulate_lowres`), brought back to the original grid by
+degradation (:func:`mrisr.degradation.simulate_lowres`), brought back to the original grid by
 each method, and the original and every output are segmented by the same segmenter. Dice per
 zone (PZ, TZ, whole gland) is measured against the datalist's label map where there is one,
 else against the segmenter's result on the original volume (the output says which).
@@ -104,7 +104,7 @@ def evaluate_segmentation(entries: Sequence[DataEntry], segmenter: Segmenter, pl
     factor (``skipped``) and is not a failure.
     """
     from mrisr.inference import get_method, upsample_volume
-    from mrisr.transforms import simulate_lowres
+    from mrisr.degradation import simulate_lowres
 
     for m in methods:
         get_method(m)  # unknown names fail before any work

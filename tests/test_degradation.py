@@ -60,3 +60,26 @@ def test_average_lines_numpy_and_torch_agree(rng):
     b = average_lines(torch.from_numpy(data), axis=-1, factor=6)
     assert isinstance(b, torch.Tensor) and b.shape == (3, 4, 2)
     np.testing.assert_allclose(b.numpy(), a, rtol=1e-6, atol=1e-6)
+
+
+def test_bicubic_downsample_is_the_in_plane_pairs_lr_step():
+    """One low-resolution step for pairs, validation and benchmarks: InPlaneDegrade without blur
+    is bicubic_downsample followed by bicubic upsampling, and the whole-volume simulation cuts
+    the same planes."""
+    import torch
+
+    from mrisr.degradation import bicubic_downsample, simulate_lowres
+    from mrisr.interpolation import bicubic_upsample
+    from mrisr.io import Volume
+    from mrisr.transforms import InPlaneDegrade
+
+    planes = torch.rand(2, 1, 24, 16, generator=torch.Generator().manual_seed(0))
+    lr = bicubic_downsample(planes, 4)
+    assert lr.shape == (2, 1, 6, 4)
+    torch.testing.assert_close(InPlaneDegrade(4, blur_sigma_max=0.0)(planes), bicubic_upsample(lr, (4, 4)))
+    ones = bicubic_downsample(torch.ones(1, 1, 8, 8), 2)
+    torch.testing.assert_close(ones, torch.ones(1, 1, 4, 4))  # the kernel sums to one
+    vol = Volume(planes[:, 0].permute(1, 2, 0).numpy(), np.diag([0.5, 0.5, 3.0, 1.0]))  # slices along axis 2
+    low, axis = simulate_lowres(vol, "in", 4)
+    assert axis == 2 and low.shape == (6, 4, 2)
+    np.testing.assert_allclose(low.data, lr[:, 0].permute(1, 2, 0).numpy(), atol=1e-6)

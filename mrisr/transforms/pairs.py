@@ -31,7 +31,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import TransformBackends
 
-from mrisr.degradation import average_lines
+from mrisr.degradation import average_lines, bicubic_downsample
 from mrisr.geometry import check_factor, slice_axis, superior_inferior_axis
 from mrisr.interpolation import bicubic_upsample
 
@@ -40,7 +40,6 @@ __all__ = [
     "PAIR_KINDS",
     "training_planes",
     "plane_degradation",
-    "simulate_lowres",
     "gaussian_blur",
     "InPlaneDegrade",
     "InPlanePaird",
@@ -146,10 +145,7 @@ class InPlaneDegrade(Randomizable, Transform):
     def lowres(self, planes: torch.Tensor) -> torch.Tensor:
         """The simulated low-resolution image of ``(B, C, H, W)`` planes, with the current blur."""
         _check_divisible(tuple(planes.shape), (self.factor, self.factor))
-        h, w = planes.shape[-2:]
-        lr = F.interpolate(planes.float(), size=(h // self.factor, w // self.factor), mode="bicubic",
-                           antialias=True, align_corners=False)
-        return gaussian_blur(lr, self.sigma)
+        return gaussian_blur(bicubic_downsample(planes, self.factor), self.sigma)
 
     def __call__(self, img: Any, randomize: bool = True) -> Any:
         if randomize:
@@ -196,31 +192,6 @@ def plane_degradation(kind: str, factor: int) -> tuple[Transform, tuple[int, int
     if kind == "in":
         return InPlaneDegrade(factor, blur_sigma_max=0.0), (factor, factor)
     return ThroughPlaneDegrade(factor), (factor, 1)
-
-
-def simulate_lowres(volume: Any, plane: str, factor: int) -> tuple[Any, int]:
-    """The low-resolution volume the benchmarks and the downstream evaluation start from, and
-    the axis ``mrisr upsample --axis`` must use to come back to ``volume``'s grid.
-
-    In-plane: every slice (slice axis = largest spacing) cropped to a multiple of ``factor`` and
-    downsampled by anti-aliased bicubic, the validation degradation. Through-plane: ``factor``
-    lines averaged along the superior-inferior axis (:func:`mrisr.degradation.thick_slice_volume`).
-    The affine is the merged grid's, so upsampling by ``factor`` gives back ``volume``'s grid
-    (cropped to a multiple of ``factor``).
-    """
-    from mrisr.degradation import thick_slice_volume
-    from mrisr.geometry import downsampled_affine, slice_axis, superior_inferior_axis
-
-    if plane == "in":
-        axis = slice_axis(volume.affine)
-        moved = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume.data, axis, 0)))[:, None]
-        h, w = moved.shape[-2:]
-        moved = moved[..., : h - h % factor, : w - w % factor]
-        lr = InPlaneDegrade(factor, blur_sigma_max=0.0).lowres(moved)[:, 0].numpy()
-        factors = tuple(1 if a == axis else factor for a in range(3))
-        return volume.with_data(np.moveaxis(lr, 0, axis), downsampled_affine(volume.affine, factors)), axis
-    axis = superior_inferior_axis(volume.affine)
-    return thick_slice_volume(volume, axis, factor), axis
 
 
 class _PairDict(MapTransform):
