@@ -6,7 +6,7 @@ other exception is a bug in mrisr and is reported as such.
 
 from __future__ import annotations
 
-__all__ = ["MrisrError", "InputError", "OutputError", "GeometryError", "ConfigError", "require_int"]
+__all__ = ["MrisrError", "InputError", "OutputError", "GeometryError", "ConfigError", "require_int", "first_line"]
 
 
 class MrisrError(Exception):
@@ -42,3 +42,10 @@ def require_int(value: object, name: str, minimum: int = 1, maximum: int | None 
         bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
         raise error(f"{name} must be an integer {bound}, got {value!r}")
     return value
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message (its type's name when it has none),
+    at most ``limit`` characters: what a one-line error quotes of a library's exception."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]

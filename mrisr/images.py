@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mrisr.errors import InputError
+from mrisr.errors import InputError, first_line
 
 __all__ = ["IMAGE_SUFFIXES", "IMAGE_NORMALISATION", "list_images", "read_image", "write_image", "square",
            "resize", "shorter_edge_to", "reference_and_input", "normalise_image", "denormalise_image", "is_image_model",
@@ -86,8 +86,7 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     except FileNotFoundError:
         raise InputError(f"{p}: no such file") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{p}: not a readable PNG or JPEG image ({str(exc).splitlines()[0] or type(exc).__name__})") \
-            from None
+        raise InputError(f"{p}: not a readable PNG or JPEG image ({first_line(exc)})") from None
     if arr.shape[1] < 2 or arr.shape[2] < 2:
         raise InputError(f"{p}: image of {arr.shape[2]} x {arr.shape[1]} pixels is too small")
     return np.clip(arr, 0.0, 255.0).astype(np.float32)

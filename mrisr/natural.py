@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mrisr.errors import InputError
+from mrisr.errors import ConfigError, InputError, first_line
 from mrisr.images import read_image, reference_and_input
 from mrisr.inference import upsample_images
 
@@ -125,8 +125,6 @@ def load_user_network(path: str | os.PathLike | None = None, arch: str | None = 
     """
     from pathlib import Path
 
-    from mrisr.errors import ConfigError
-
     if (path is None) == (arch is None):
         raise ConfigError("give a TorchScript network file, or a torchvision architecture name with --weights")
     if path is not None:
@@ -136,14 +134,14 @@ def load_user_network(path: str | os.PathLike | None = None, arch: str | None = 
         try:
             net = torch.jit.load(str(p), map_location=device)
         except Exception as exc:  # not a TorchScript archive
-            raise InputError(f"{p}: not a TorchScript network ({str(exc).splitlines()[0][:200]})") from None
+            raise InputError(f"{p}: not a TorchScript network ({first_line(exc, 200)})") from None
         return net.eval()
     if weights is None:
         raise ConfigError(f"--arch {arch} needs --weights FILE (its state dict; nothing is downloaded)")
     try:
         import torchvision
     except Exception as exc:  # missing, or built for another torch
-        raise ConfigError(f"--arch needs torchvision matching your torch ({str(exc).splitlines()[0][:120]}); "
+        raise ConfigError(f"--arch needs torchvision matching your torch ({first_line(exc, 120)}); "
                           "or export the network to TorchScript") from None
     build = getattr(torchvision.models, str(arch), None)
     if not callable(build):
@@ -156,7 +154,7 @@ def load_user_network(path: str | os.PathLike | None = None, arch: str | None = 
         net = build(weights=None)
         net.load_state_dict(state)
     except Exception as exc:
-        raise InputError(f"--weights {w}: not weights of {arch} ({str(exc).splitlines()[0][:200]})") from None
+        raise InputError(f"--weights {w}: not weights of {arch} ({first_line(exc, 200)})") from None
     return net.to(device).eval()
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mrisr.errors import ConfigError, InputError
+from mrisr.errors import ConfigError, InputError, first_line
 
 __all__ = ["LPIPS_WEIGHTS", "INCEPTION_WEIGHTS", "Lpips", "FeatureDistances", "frechet_distance_metric",
            "inception_score_metric"]
@@ -69,7 +69,7 @@ class Lpips:
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # a damaged or foreign file
-            raise InputError(f"--lpips-weights {p}: not a PyTorch weights file ({str(exc).splitlines()[0]})") from None
+            raise InputError(f"--lpips-weights {p}: not a PyTorch weights file ({first_line(exc)})") from None
         # torchmetrics' AlexNet keeps torchvision's layer numbers in five slices
         slices = {i: n for n, (lo, hi) in enumerate([(0, 2), (2, 5), (5, 8), (8, 10), (10, 12)], 1)
                   for i in range(lo, hi)}
@@ -82,7 +82,7 @@ class Lpips:
             net.net.load_state_dict(mapped, strict=True)
         except RuntimeError as exc:
             raise InputError(f"--lpips-weights {p}: not torchvision's AlexNet weights "
-                             f"({str(exc).splitlines()[0]})") from None
+                             f"({first_line(exc)})") from None
         self.net = net.to(device).eval()
         self.device = device
 

@@ -453,3 +453,11 @@ def test_downstream_face_verification_by_the_lfw_protocol(tmp_path):
     bad = _run("downstream_face_verification.py", "--images", str(root), "--pairs", str(pairs), "--embedder",
                str(scripted), "--out", str(tmp_path / "o2"))
     assert bad.returncode == 2 and "line 1 is not 'name i j'" in bad.stderr
+
+
+def test_an_empty_library_message_still_gives_one_line():
+    from mrisr.errors import first_line
+
+    assert first_line(OSError()) == "OSError"
+    assert first_line(ValueError("\n  \nsecond line first\nthird")) == "second line first"
+    assert len(first_line(ValueError("x" * 500), 200)) == 200
