@@ -20,7 +20,7 @@ import torch
 
 from mrisr.errors import ConfigError, InputError, first_line
 
-__all__ = ["LPIPS_WEIGHTS", "INCEPTION_WEIGHTS", "Lpips", "FeatureDistances", "frechet_distance_metric",
+__all__ = ["LPIPS_WEIGHTS", "INCEPTION_WEIGHTS", "Lpips", "alexnet_to_lpips_keys", "FeatureDistances", "frechet_distance_metric",
            "inception_score_metric"]
 
 LPIPS_WEIGHTS = "alexnet-owt-7be5be79.pth"
@@ -44,6 +44,20 @@ def _torchmetrics(metric: str, needs: tuple[str, ...]) -> None:
     if missing:
         raise ConfigError(f"{metric} needs the Python packages {', '.join(missing)} (pip install "
                           f"{' '.join(m.replace('_', '-') for m in missing)}, matching your torch build)")
+
+
+def alexnet_to_lpips_keys(state: dict[str, Any]) -> dict[str, Any]:
+    """torchvision's AlexNet state dict (``features.N.weight``) renamed to the five slices of
+    torchmetrics' LPIPS backbone (``sliceK.N.weight``; the classifier is not used)."""
+    # torchvision's layer numbers kept, grouped as LPIPS cuts the network after each ReLU
+    slices = {i: n for n, (lo, hi) in enumerate([(0, 2), (2, 5), (5, 8), (8, 10), (10, 12)], 1)
+              for i in range(lo, hi)}
+    mapped = {}
+    for key, value in state.items():
+        parts = str(key).split(".")
+        if len(parts) == 3 and parts[0] == "features" and parts[1].isdigit() and int(parts[1]) in slices:
+            mapped[f"slice{slices[int(parts[1])]}.{parts[1]}.{parts[2]}"] = value
+    return mapped
 
 
 class Lpips:
@@ -70,14 +84,7 @@ class Lpips:
             state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # a damaged or foreign file
             raise InputError(f"--lpips-weights {p}: not a PyTorch weights file ({first_line(exc)})") from None
-        # torchmetrics' AlexNet keeps torchvision's layer numbers in five slices
-        slices = {i: n for n, (lo, hi) in enumerate([(0, 2), (2, 5), (5, 8), (8, 10), (10, 12)], 1)
-                  for i in range(lo, hi)}
-        mapped = {}
-        for key, value in state.items() if isinstance(state, dict) else ():
-            parts = key.split(".")
-            if parts[0] == "features" and int(parts[1]) in slices:
-                mapped[f"slice{slices[int(parts[1])]}.{parts[1]}.{parts[2]}"] = value
+        mapped = alexnet_to_lpips_keys(state if isinstance(state, dict) else {})
         try:
             net.net.load_state_dict(mapped, strict=True)
         except RuntimeError as exc:

@@ -461,3 +461,15 @@ def test_an_empty_library_message_still_gives_one_line():
     assert first_line(OSError()) == "OSError"
     assert first_line(ValueError("\n  \nsecond line first\nthird")) == "second line first"
     assert len(first_line(ValueError("x" * 500), 200)) == 200
+
+
+def test_alexnet_weights_map_onto_the_lpips_slices():
+    """torchvision's AlexNet convolutions (features 0, 3, 6, 8, 10) land in LPIPS's five slices
+    under their own layer numbers; the classifier is dropped."""
+    from mrisr.perceptual import alexnet_to_lpips_keys
+
+    state = {f"features.{i}.{p}": i for i in (0, 3, 6, 8, 10) for p in ("weight", "bias")}
+    state |= {"classifier.1.weight": -1, "classifier.6.bias": -1}
+    mapped = alexnet_to_lpips_keys(state)
+    assert mapped == {f"slice{n}.{i}.{p}": i for n, i in zip(range(1, 6), (0, 3, 6, 8, 10))
+                      for p in ("weight", "bias")}
