@@ -99,16 +99,12 @@ def super_resolve(runs: list[NaturalRun], lowres: torch.Tensor, factor: int, dev
     the batch size."""
     for run in runs:
         t0 = time.perf_counter()
-        parts: list[torch.Tensor] = []
-        evaluations = 0
-        for lo in range(0, lowres.shape[0], batch_size):
-            out, upsampler = upsample_images(lowres[lo:lo + batch_size], factor, run.method, device=device,
-                                             batch_size=batch_size, seed=seed, first_index=lo,
-                                             **({"model": run.model} if run.model else {}), **run.options)
-            parts.append(out)
-            evaluations = int(getattr(upsampler, "steps_run", 0)) if run.model else 0
-        yield run, torch.cat(parts), {"network_evaluations": evaluations,
-                                      "seconds_per_image": (time.perf_counter() - t0) / max(1, lowres.shape[0])}
+        # one call per run: the model is loaded once, upsample_images batches the images
+        out, upsampler = upsample_images(lowres, factor, run.method, device=device, batch_size=batch_size, seed=seed,
+                                         **({"model": run.model} if run.model else {}), **run.options)
+        evaluations = int(getattr(upsampler, "steps_run", 0)) if run.model else 0
+        yield run, out, {"network_evaluations": evaluations,
+                         "seconds_per_image": (time.perf_counter() - t0) / max(1, lowres.shape[0])}
 
 
 def load_user_network(path: str | os.PathLike | None = None, arch: str | None = None,
