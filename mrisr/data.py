@@ -98,21 +98,15 @@ def read_datalist(config: dict[str, Any]) -> tuple[list[DataEntry], list[DataEnt
     if data["datalist"]:
         path = Path(data["datalist"])
         train, val = load_datalist(path if path.is_absolute() else base / path)
-    elif data.get("kind") == "images":
-        from mrisr.images import list_images
-
-        def images(pattern: str | None) -> list[DataEntry]:
-            if not pattern:
-                return []
-            pat = pattern if Path(pattern).is_absolute() else str(base / pattern)
-            return [DataEntry(str(f.resolve()), f.parent.name) for f in list_images(pat)]
-
-        train, val = images(data["glob"]), images(data["validation_glob"])
     else:
         def expand(pattern: str | None) -> list[str]:
             if not pattern:
                 return []
             pat = pattern if Path(pattern).is_absolute() else str(base / pattern)
+            if data.get("kind") == "images":  # a folder, glob or file of PNG / JPEG; a missing one is named
+                from mrisr.images import list_images
+
+                return [str(f) for f in list_images(pat)]
             return sorted(glob.glob(pat))
 
         train = _entries(expand(data["glob"]), base, "training")

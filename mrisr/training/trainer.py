@@ -182,10 +182,9 @@ class Trainer:
         return write_checkpoint(self.checkpoint_dir, self.step, blob, int(self.config["checkpoint"]["keep"]))
 
     def load_checkpoint(self) -> bool:
-        found = read_latest_checkpoint(self.checkpoint_dir, self.device)
-        if found is None:
+        blob = read_latest_checkpoint(self.checkpoint_dir, self.device)
+        if blob is None:
             return False
-        blob = found
         self.network.load_state_dict(blob["model"])
         self.ema.load_state_dict(blob["ema"])
         self.optimizer.load_state_dict(blob["optimizer"])
