@@ -23,7 +23,7 @@ from mrisr.images import read_image, reference_and_input
 from mrisr.inference import upsample_images
 
 __all__ = ["NaturalRun", "natural_runs", "add_run_arguments", "runs_from_arguments", "load_test_pairs", "super_resolve",
-           "load_user_network", "network_input"]
+           "load_user_network", "network_input", "write_summary"]
 
 
 @dataclass
@@ -166,3 +166,17 @@ def network_input(images: torch.Tensor, mean: tuple[float, ...], std: tuple[floa
     m = torch.tensor(mean, dtype=x.dtype).reshape(1, -1, 1, 1)
     s = torch.tensor(std, dtype=x.dtype).reshape(1, -1, 1, 1)
     return (x - m) / s
+
+
+def write_summary(out_dir: str | os.PathLike, meta: dict[str, Any], lines: list[str]) -> None:
+    """A pipeline's ``summary.json`` (``meta``) and ``summary.md`` (``lines``, also printed),
+    written atomically into ``out_dir``."""
+    from pathlib import Path
+
+    from mrisr.io import write_bytes, write_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(meta, out / "summary.json")
+    write_bytes(("\n".join(lines) + "\n").encode(), out / "summary.md")
+    print("\n".join(lines))

@@ -20,8 +20,8 @@ import torch
 
 from mrisr.errors import ConfigError, InputError, first_line
 
-__all__ = ["LPIPS_WEIGHTS", "INCEPTION_WEIGHTS", "Lpips", "alexnet_to_lpips_keys", "FeatureDistances", "frechet_distance_metric",
-           "inception_score_metric"]
+__all__ = ["LPIPS_WEIGHTS", "INCEPTION_WEIGHTS", "Lpips", "alexnet_to_lpips_keys", "FeatureDistances",
+           "frechet_distance_metric", "inception_score_metric"]
 
 LPIPS_WEIGHTS = "alexnet-owt-7be5be79.pth"
 INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
@@ -123,6 +123,10 @@ class FeatureDistances:
     def compute(self) -> Any:
         return self.metric.compute()
 
+    def reset(self) -> None:
+        """Forget the generated images (FID keeps its real ones: one network for every method)."""
+        self.metric.reset()
+
 
 def frechet_distance_metric(weights: str | os.PathLike | None = None, feature: torch.nn.Module | None = None,
                             device: torch.device | str = "cpu") -> FeatureDistances:
@@ -134,6 +138,7 @@ def frechet_distance_metric(weights: str | os.PathLike | None = None, feature: t
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     metric = FrechetInceptionDistance(feature=2048 if feature is None else feature, normalize=False,
+                                      reset_real_features=False,
                                       **({} if feature is not None else {"feature_extractor_weights_path": str(p)}))
     return FeatureDistances(metric.to(device))
 

@@ -44,8 +44,8 @@ import torch
 from mrisr.errors import MrisrError
 from mrisr.metrics import consistency_mse, psnr, ssim
 from mrisr.images import list_images
-from mrisr.io import write_bytes, write_json
-from mrisr.natural import add_run_arguments, load_test_pairs, runs_from_arguments, super_resolve
+from mrisr.io import write_bytes
+from mrisr.natural import add_run_arguments, load_test_pairs, runs_from_arguments, super_resolve, write_summary
 
 
 def save_grid(path: Path, lowres: torch.Tensor, outputs: dict[str, torch.Tensor], reference: torch.Tensor,
@@ -104,11 +104,10 @@ def run(args: argparse.Namespace) -> int:
     from mrisr.perceptual import Lpips, frechet_distance_metric, inception_score_metric
 
     device = resolve_device(args.device)
-    # the weight files are checked before any image is read or sampled
+    # the weight files are checked (and each network built once) before any image is read or sampled
     lpips = Lpips(args.lpips_weights, device) if args.lpips_weights else None
-    inception = args.inception_weights
-    if inception:
-        frechet_distance_metric(inception, device=device)
+    fid = frechet_distance_metric(args.inception_weights, device=device) if args.inception_weights else None
+    inception = inception_score_metric(args.inception_weights, device) if args.inception_weights else None
     files = [str(f) for f in list_images(args.images)[: args.max_images or None]]
     hr, lr = load_test_pairs(files, args.size or None, args.factor, args.channels)
     runs = runs_from_arguments(args)
@@ -118,10 +117,10 @@ def run(args: argparse.Namespace) -> int:
     summary: dict[str, dict[str, Any]] = {}
     outputs: dict[str, torch.Tensor] = {}
     reference_scores: dict[str, Any] = {}
-    if inception:
-        score = inception_score_metric(inception, device)
-        score.update(hr.to(device))
-        reference_scores["is"] = float(score.compute()[0])
+    if fid is not None and inception is not None:
+        fid.update(hr.to(device), real=True)
+        inception.update(hr.to(device))
+        reference_scores["is"] = float(inception.compute()[0])
     for run_, sr, cost in tqdm(super_resolve(runs, lr, args.factor, str(device), args.batch_size, args.seed),
                                total=len(runs), desc="methods", unit="method"):
         outputs[run_.label] = sr
@@ -131,30 +130,28 @@ def run(args: argparse.Namespace) -> int:
             rows.append({"image": f, "method": run_.label, "psnr": psnr(a, r, 255.0), "ssim": ssim(a, r, 255.0),
                          "consistency_mse": consistency_mse(a, lr[i].numpy(), args.factor),
                          "lpips": float(lp[i]) if lp is not None else None})
-        mine = [r for r in rows if r["method"] == run_.label]
+        mine = rows[-len(files):]
         entry: dict[str, Any] = {k: float(np.mean([r[k] for r in mine])) for k in ("psnr", "ssim", "consistency_mse")}
         entry["lpips"] = float(np.mean([r["lpips"] for r in mine])) if lpips is not None else None
         entry.update(cost)
-        if inception:
-            fid = frechet_distance_metric(inception, device=device)
-            fid.update(hr.to(device), real=True)
+        if fid is not None and inception is not None:
+            for metric in (fid, inception):
+                metric.reset()
             fid.update(sr.to(device), real=False)
             entry["fid"] = float(fid.compute())
-            score = inception_score_metric(inception, device)
-            score.update(sr.to(device))
-            entry["is"] = float(score.compute()[0])
+            inception.update(sr.to(device))
+            entry["is"] = float(inception.compute()[0])
         summary[run_.label] = entry
 
-    with open(out_dir / "results.csv.tmp", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out_dir / "results.csv.tmp").replace(out_dir / "results.csv")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes(table.getvalue().encode(), out_dir / "results.csv")
     meta = {"images": args.images, "n_images": len(files), "size": int(hr.shape[-1]), "factor": args.factor,
             "channels": args.channels, "device": str(device), "machine": platform.processor() or platform.machine(),
             "torch": torch.__version__, "date": date.today().isoformat(), "command": " ".join(sys.argv),
             "reference": reference_scores, "methods": summary}
-    write_json(meta, out_dir / "summary.json")
     lines = [f"{len(files)} images of {args.images}, {hr.shape[-1] // args.factor} -> {hr.shape[-1]} (x{args.factor}), "
              f"{device}, {meta['date']}", "",
              "| method | PSNR dB | SSIM | consistency MSE | LPIPS | FID | IS | network evaluations | s / image |",
@@ -168,9 +165,8 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"| {label} | {e['psnr']:.2f} | {e['ssim']:.3f} | {e['consistency_mse']:.2f} "
                      f"| {fmt('lpips', '.3f')} | {fmt('fid', '.1f')} | {fmt('is', '.1f')} "
                      f"| {e['network_evaluations']} | {e['seconds_per_image']:.2f} |")
-    write_bytes(("\n".join(lines) + "\n").encode(), out_dir / "summary.md")
+    write_summary(out_dir, meta, lines)
     save_grid(out_dir / "grid.png", lr, outputs, hr)
-    print("\n".join(lines))
     return 0
 
 

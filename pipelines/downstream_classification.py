@@ -32,9 +32,8 @@ import torch
 from mrisr.errors import ConfigError, InputError, MrisrError
 from mrisr.metrics import topk_accuracy
 from mrisr.images import list_images
-from mrisr.io import write_bytes, write_json
 from mrisr.natural import (add_run_arguments, load_test_pairs, load_user_network, network_input, runs_from_arguments,
-                           super_resolve)
+                           super_resolve, write_summary)
 
 
 def labelled_images(root: str, class_index: str | None, per_class: int | None) -> tuple[list[str], list[int]]:
@@ -124,19 +123,15 @@ def run(args: argparse.Namespace) -> int:
     score("Reference (high resolution)", hr, {})
     for run_, sr, cost in super_resolve(runs, lr, args.factor, str(device), args.batch_size, args.seed):
         score(run_.label, sr, cost)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"images": args.images, "n_images": len(files), "classes": len(set(labels)), "size": args.size,
             "factor": args.factor, "device": str(device), "date": date.today().isoformat(),
             "command": " ".join(sys.argv), "methods": results}
-    write_json(meta, out / "summary.json")
     lines = [f"{len(files)} images of {len(set(labels))} classes, {args.size // args.factor} -> {args.size} "
              f"(x{args.factor}), {device}, {meta['date']}", "",
              "| images classified | top-1 | top-5 | network evaluations |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['top1']:.3f} | {v['top5']:.3f} | {v.get('network_evaluations', '')} |"
               for k, v in results.items()]
-    write_bytes(("\n".join(lines) + "\n").encode(), out / "summary.md")
-    print("\n".join(lines))
+    write_summary(args.out, meta, lines)
     return 0
 
 

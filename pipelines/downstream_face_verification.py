@@ -32,9 +32,8 @@ import torch
 
 from mrisr.errors import InputError, MrisrError
 from mrisr.metrics import verification_accuracy
-from mrisr.io import write_bytes, write_json
 from mrisr.natural import (add_run_arguments, load_test_pairs, load_user_network, network_input, runs_from_arguments,
-                           super_resolve)
+                           super_resolve, write_summary)
 
 
 def read_pairs(path: str, root: str) -> tuple[list[str], list[tuple[int, int]], list[bool], int]:
@@ -129,19 +128,15 @@ def run(args: argparse.Namespace) -> int:
     for run_, sr, cost in super_resolve(runs_from_arguments(args), lr, args.factor, str(device), args.batch_size,
                                         args.seed):
         score(run_.label, sr, cost)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"images": args.images, "pairs": len(pairs), "n_images": len(files), "folds": folds, "size": args.size,
             "factor": args.factor, "device": str(device), "date": date.today().isoformat(),
             "command": " ".join(sys.argv), "methods": results}
-    write_json(meta, out / "summary.json")
     lines = [f"{len(pairs)} pairs ({len(files)} images), {args.size // args.factor} -> {args.size} (x{args.factor}), "
              f"{folds}-fold accuracy, {device}, {meta['date']}", "",
              "| faces compared | accuracy | std over folds | network evaluations |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['accuracy']:.4f} | {v['accuracy_std']:.4f} | {v.get('network_evaluations', '')} |"
               for k, v in results.items()]
-    write_bytes(("\n".join(lines) + "\n").encode(), out / "summary.md")
-    print("\n".join(lines))
+    write_summary(args.out, meta, lines)
     return 0
 
 

@@ -333,6 +333,10 @@ def test_frechet_distance_matches_the_closed_form():
     c1, c2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
     want = np.sum((f1.mean(0) - f2.mean(0)) ** 2) + np.trace(c1 + c2 - 2 * linalg.sqrtm(c1 @ c2).real)
     assert float(fid.compute()) == pytest.approx(want, rel=1e-4)
+    # one metric serves every method: reset forgets the generated images, keeps the real ones
+    fid.reset()
+    fid.update(fake, real=False)
+    assert float(fid.compute()) == pytest.approx(want, rel=1e-4)
 
 
 # ------------------------------------------------------------------------------------------ pipelines
