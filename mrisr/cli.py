@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="NaN / Inf voxels: refuse the input (default) or replace them with 0")
     up.add_argument("--no-clip", action="store_true", help="keep the raw output; by default the output of a "
                     "non-negative (magnitude) input is clipped to the input's range")
+    roi = up.add_mutually_exclusive_group()
+    roi.add_argument("--roi", metavar="I0:I1,J0:J1,K0:K1", help="upsample only this box of input voxels (half-open "
+                     "index ranges per array axis, an empty side is the edge, e.g. 100:220,80:200,:); the output "
+                     "covers the box, placed where the whole-volume output has it, and the work shrinks with it")
+    roi.add_argument("--roi-mm", metavar="X0:X1,Y0:Y1,Z0:Z1", help="the same box as world millimetres (RAS, as "
+                     "`mrisr info` prints the volume's extent): the voxels whose centres lie inside")
     up.add_argument("--overwrite", action="store_true", help="replace an existing output")
     up.add_argument("--report", help="write a JSON report of the run here")
     up.add_argument("--preview", metavar="PNG", help="also write a picture: three orthogonal slices of the input "
@@ -340,7 +346,10 @@ def _announce(args: argparse.Namespace, name: str, out: Path) -> Any:
             what += f" ({info['model_name']}"
             what += f", {info['sampler']} sampler" if info.get("sampler") else ""
             what += f", {info['evaluations']} network evaluations per plane)" if info.get("evaluations") else ")"
-        print(f"mrisr: {name}: {_fmt(plan.input_shape)} voxels of {_fmt(plan.input_spacing)} mm -> "
+        region = ""
+        if info.get("roi"):
+            region = " (region " + ",".join(f"{lo}:{hi}" for lo, hi in info["roi"]) + ")"
+        print(f"mrisr: {name}: {_fmt(plan.input_shape)} voxels{region} of {_fmt(plan.input_spacing)} mm -> "
               f"{_fmt(plan.output_shape)} of {_fmt(plan.output_spacing)} mm, {plan.n_planes} planes, {what}, "
               f"batch {info['batch_size']} -> {out}", file=sys.stderr, flush=True)
     return announce
@@ -361,7 +370,6 @@ def cmd_upsample(args: argparse.Namespace) -> int:
             raise ConfigError("--preview pictures one volume; give one input (or run it per case)")
         return _upsample_batch(args, options, cases)
 
-    from mrisr.inference import upsample_volume
     from mrisr.io import check_output_path, load_volume, output_stem, save_volume, write_json
 
     src = inputs[0]
@@ -382,21 +390,16 @@ def cmd_upsample(args: argparse.Namespace) -> int:
         check_output_path(args.preview, [src, out], overwrite=args.overwrite, suffixes=(".png",))
 
     volume = load_volume(src, series=args.series, nonfinite=args.nonfinite)
-    result = upsample_volume(volume, args.plane, options["factor"], axis=options["axis"], method=args.method,
-                             device=args.device, batch_size=options["batch_size"], seed=options["seed"],
-                             samples=options["samples"], progress=not args.quiet, model=args.model,
-                             sampler=args.sampler, steps=options["steps"], precision=args.precision, k=options["k"],
-                             evaluations=options["evaluations"],
-                             start=args.start, start_model=args.start_model, clip=not args.no_clip,
-                             adapt=options["adapt"], save_adapted=args.save_adapted,
-                             on_start=_announce(args, src.name, out))
+    result = _upsample_one(args, options, volume, args.device, progress=not args.quiet,
+                           save_adapted=args.save_adapted, on_start=_announce(args, src.name, out))
     save_volume(result.volume, out, overwrite=args.overwrite)
     if std_out is not None and result.std_volume is not None:
         save_volume(result.std_volume, std_out, overwrite=args.overwrite)
     if args.preview:
         from mrisr.preview import write_preview
 
-        write_preview(volume, result.volume, result.plan, args.preview,
+        shown = volume if "roi" not in result.extras else volume.subvolume(result.extras["roi"]["voxels"])
+        write_preview(shown, result.volume, result.plan, args.preview,
                       title=f"{src.name}: {args.method} x{options['factor']} {args.plane}-plane")
     if report is not None:
         extra = {"std_output": str(std_out)} if std_out is not None else {}
@@ -409,6 +412,26 @@ def cmd_upsample(args: argparse.Namespace) -> int:
         if std_out is not None:
             print(f"wrote {std_out} (per-voxel standard deviation of {options['samples']} samples)")
     return 0
+
+
+def _upsample_one(args: argparse.Namespace, options: dict[str, Any], volume: Any, device: str, progress: bool,
+                  save_adapted: str | None = None, on_start: Any = None) -> Any:
+    """``upsample_volume`` with the command line's options (one volume, or one case of a batch)."""
+    from mrisr.geometry import parse_voxel_box, world_box_to_voxels
+    from mrisr.inference import upsample_volume
+
+    roi = None
+    if args.roi is not None:
+        roi = parse_voxel_box(args.roi, volume.shape)
+    elif args.roi_mm is not None:
+        roi = world_box_to_voxels(args.roi_mm, volume.affine, volume.shape)
+    return upsample_volume(volume, args.plane, options["factor"], axis=options["axis"], method=args.method,
+                           device=device, batch_size=options["batch_size"], seed=options["seed"],
+                           samples=options["samples"], progress=progress, model=args.model, sampler=args.sampler,
+                           steps=options["steps"], precision=args.precision, k=options["k"],
+                           evaluations=options["evaluations"], start=args.start, start_model=args.start_model,
+                           clip=not args.no_clip, adapt=options["adapt"], save_adapted=save_adapted, roi=roi,
+                           on_start=on_start)
 
 
 def _run_stamp() -> dict[str, str]:
@@ -508,7 +531,6 @@ def _run_cases(args: argparse.Namespace, options: dict[str, Any], cases: list[di
     from tqdm.auto import tqdm
 
     from mrisr.errors import MrisrError
-    from mrisr.inference import upsample_volume
     from mrisr.io import load_volume, save_volume
 
     rows: list[dict[str, Any]] = []
@@ -526,14 +548,7 @@ def _run_cases(args: argparse.Namespace, options: dict[str, Any], cases: list[di
                 rows.append(row)
                 continue
             volume = load_volume(case["image"], series=case.get("series"), nonfinite=args.nonfinite)
-            result = upsample_volume(volume, args.plane, options["factor"], axis=options["axis"],
-                                     method=args.method, device=device, batch_size=options["batch_size"],
-                                     seed=options["seed"], samples=options["samples"], progress=False,
-                                     model=args.model, sampler=args.sampler, steps=options["steps"],
-                                     precision=args.precision, k=options["k"], evaluations=options["evaluations"],
-                                     start=args.start,
-                                     start_model=args.start_model, clip=not args.no_clip,
-                                     adapt=options["adapt"])
+            result = _upsample_one(args, options, volume, device, progress=False)
             redo = args.overwrite or out.exists()  # an incomplete output is replaced
             save_volume(result.volume, out, overwrite=redo)
             if std_out is not None and result.std_volume is not None:
@@ -560,7 +575,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     axis = _axis(args.axis)
     factors = [_factor(f) for f in args.factor] if args.factor else None
 
-    from mrisr.geometry import isotropic_factor, plan_upsampling, slice_axis, voxel_spacing
+    from mrisr.geometry import isotropic_factor, plan_upsampling, slice_axis, voxel_spacing, world_extent_text
     from mrisr.io import load_volume
 
     src = Path(args.input)
@@ -582,6 +597,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"intensity:    {float(volume.data.min()):.6g} to {float(volume.data.max()):.6g}",
         "affine (voxel -> RAS mm):",
         *(f"  {row[0]:10.4f} {row[1]:10.4f} {row[2]:10.4f} {row[3]:10.4f}" for row in volume.affine),
+        f"voxel centres: {world_extent_text(volume.affine, volume.shape)} (RAS; the form --roi-mm takes)",
         "output grids:",
     ]
     iso = isotropic_factor(volume.affine, s_axis)
@@ -810,10 +826,23 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 _CURRENT_ARGV: list[str] = []  # the arguments of the running command (for reports)
 
 
+def _join_negative_boxes(argv: list[str]) -> list[str]:
+    """``--roi-mm -30:30,...`` as ``--roi-mm=-30:30,...``: argparse would read a value that starts
+    with a minus sign as an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--roi-mm", "--roi") and arg[:1] == "-" and arg[1:2].isdigit() | (arg[1:2] == "."):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    _CURRENT_ARGV[:] = list(sys.argv[1:] if argv is None else argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_join_negative_boxes(raw))
+    _CURRENT_ARGV[:] = raw
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

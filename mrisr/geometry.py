@@ -39,6 +39,10 @@ __all__ = [
     "voxel_to_world",
     "slab_bounds",
     "check_factor",
+    "VoxelBox",
+    "parse_voxel_box",
+    "world_box_to_voxels",
+    "world_extent_text",
 ]
 
 Plane = Literal["in", "through"]
@@ -262,3 +266,82 @@ def slab_bounds(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     lo = np.full(3, -0.5)
     hi = np.asarray(shape, dtype=np.float64) - 0.5
     return voxel_to_world(affine, np.stack([lo, hi]))
+
+
+#: a half-open box of voxel indices ``(start, stop)`` along each of the three array axes
+VoxelBox = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+
+def _three_ranges(text: str, what: str) -> list[tuple[str, str]]:
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 3 or any(p.count(":") != 1 for p in parts):
+        raise GeometryError(f"{what} takes three ranges A:B separated by commas (one per array axis; an empty "
+                            f"side means the volume's edge, e.g. 100:220,80:200,:), got {text!r}")
+    return [tuple(q.strip() for q in p.split(":")) for p in parts]  # type: ignore[misc]
+
+
+def parse_voxel_box(text: str, shape: tuple[int, int, int]) -> VoxelBox:
+    """A voxel box from ``"I0:I1,J0:J1,K0:K1"`` (half-open, as Python slices; an empty side is the
+    volume's edge) checked against ``shape``.
+
+    Raises:
+        GeometryError: malformed text, a bound outside the volume or an empty range.
+    """
+    box = []
+    for axis, (a, b) in enumerate(_three_ranges(text, "--roi")):
+        n = int(shape[axis])
+        try:
+            lo = int(a) if a else 0
+            hi = int(b) if b else n
+        except ValueError:
+            raise GeometryError(f"--roi bounds are voxel indices (integers), got {a or '(edge)'}:{b or '(edge)'} "
+                                f"on axis {axis}") from None
+        if not 0 <= lo < hi <= n:
+            raise GeometryError(f"--roi {lo}:{hi} on axis {axis} is not a non-empty range inside 0:{n}")
+        box.append((lo, hi))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def world_box_to_voxels(text: str, affine: np.ndarray, shape: tuple[int, int, int]) -> VoxelBox:
+    """The voxels whose centres lie inside a world box ``"X0:X1,Y0:Y1,Z0:Z1"`` (mm in the frame of
+    ``affine``, NIfTI RAS+; an empty side is unbounded), as a half-open voxel box.
+
+    An oblique grid's voxels inside an axis-aligned world box do not form a box of indices; the
+    result is the smallest index box that holds all of them.
+
+    Raises:
+        GeometryError: malformed text or no voxel centre inside the box.
+    """
+    bounds = []
+    for axis, (a, b) in enumerate(_three_ranges(text, "--roi-mm")):
+        try:
+            lo = float(a) if a else -np.inf
+            hi = float(b) if b else np.inf
+        except ValueError:
+            raise GeometryError(f"--roi-mm bounds are millimetres, got {a}:{b} on world axis {'xyz'[axis]}") from None
+        if not lo < hi:
+            raise GeometryError(f"--roi-mm {a}:{b} on world axis {'xyz'[axis]} is empty")
+        bounds.append((lo, hi))
+    tol = 1e-6
+    lo_idx, hi_idx = np.full(3, np.iinfo(np.int64).max), np.full(3, -1)
+    jk = np.stack(np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij"), axis=-1).reshape(-1, 2)
+    for i in range(int(shape[0])):  # one slab of the grid at a time: memory stays at one slab
+        grid = np.concatenate([np.full((len(jk), 1), i), jk], axis=1)
+        world = voxel_to_world(affine, grid)
+        inside = np.all([(world[:, a] >= lo - tol) & (world[:, a] <= hi + tol) for a, (lo, hi) in enumerate(bounds)],
+                        axis=0)
+        if inside.any():
+            kept = grid[inside]
+            lo_idx, hi_idx = np.minimum(lo_idx, kept.min(axis=0)), np.maximum(hi_idx, kept.max(axis=0))
+    if hi_idx[0] < 0:
+        raise GeometryError(f"--roi-mm {text} holds no voxel centre of the volume (its voxel centres span "
+                            f"{world_extent_text(affine, shape)})")
+    return tuple((int(lo_idx[a]), int(hi_idx[a]) + 1) for a in range(3))  # type: ignore[return-value]
+
+
+def world_extent_text(affine: np.ndarray, shape: tuple[int, int, int]) -> str:
+    """Where a grid's voxel centres lie in the world, as ``x A:B, y C:D, z E:F`` mm (the form
+    ``--roi-mm`` takes)."""
+    corners = np.array(np.meshgrid(*([0, int(n) - 1] for n in shape), indexing="ij")).reshape(3, -1).T
+    world = voxel_to_world(affine, corners)
+    return ", ".join(f"{'xyz'[a]} {world[:, a].min():.1f}:{world[:, a].max():.1f}" for a in range(3)) + " mm"

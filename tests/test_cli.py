@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,12 @@ def _bad_cases(tmp_path: Path, good: Path) -> dict[str, tuple[list[str], tuple[s
     cases["exists"] = ([str(good), "--plane", "in", "--factor", "2", "-o", str(existing)], ("exists", "--overwrite"), existing)
     cases["no_folder"] = ([str(good), "--plane", "in", "--factor", "2", "-o", str(tmp_path / "nodir" / "x.nii.gz")], ("does not exist",), good)
     cases["bad_method"] = ([str(good), "--plane", "in", "--factor", "2", "--method", "magic", "-o", str(out)], ("unknown method", "magic"), good)
+    cases["roi_outside"] = ([str(good), "--plane", "in", "--factor", "2", "--roi", "0:99,:,:", "-o", str(out)],
+                            ("--roi 0:99 on axis 0", "inside 0:"), good)
+    cases["roi_malformed"] = ([str(good), "--plane", "in", "--factor", "2", "--roi", "1:3,2:4", "-o", str(out)],
+                              ("three ranges",), good)
+    cases["roi_mm_nowhere"] = ([str(good), "--plane", "in", "--factor", "2", "--roi-mm", "-9000:-8000,:,:", "-o",
+                                str(out)], ("holds no voxel centre", "mm"), good)
     locked = _unwritable_folder(tmp_path)
     if locked is not None:
         cases["unwritable"] = ([str(good), "--plane", "in", "--factor", "2", "-o", str(locked / "x.nii.gz")], ("not writable",), good)
@@ -200,6 +207,9 @@ def test_info_reports_geometry():
     assert "LPS" in out and "slice axis:   2" in out
     assert "--plane through --factor 6: shape 320 x 320 x 120" in out
     assert "--plane in      --factor 4: shape 1280 x 1280 x 20" in out
+    # where the voxel centres lie, in the form --roi-mm takes (x spans 320 voxels of 0.625 mm)
+    x = re.search(r"voxel centres: x (-?[\d.]+):(-?[\d.]+), y (-?[\d.]+):(-?[\d.]+), z", out)
+    assert x is not None and float(x[2]) - float(x[1]) == pytest.approx(319 * 0.625, abs=0.11)
 
 
 def test_help_is_instant_and_lists_commands():
@@ -302,3 +312,38 @@ def test_full_disk_out_of_memory_and_overlong_names_are_one_line_errors(tmp_path
     result = run_mrisr("upsample", small_volume, "--plane", "in", "--factor", "2", "--method", "bicubic",
                        "-o", tmp_path / long_name, cwd=tmp_path)
     assert result.returncode == 2 and "too long" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_roi_in_voxels_and_in_millimetres_one_volume_and_a_folder(tmp_path, small_volume):
+    from mrisr.geometry import voxel_to_world
+
+    whole = tmp_path / "whole.nii.gz"
+    assert run_mrisr("upsample", small_volume, "--plane", "in", "--factor", "2", "--method", "bicubic", "-o", whole,
+                     "--quiet").returncode == 0
+    full = load_volume(whole)
+    # a world box (negative millimetres included, as argparse would otherwise read them as options)
+    # around voxel (6, 5, 2): the voxels whose centres are within 4 mm of it along x, y and z
+    centre = voxel_to_world(full.affine, np.array([12.5, 10.5, 2.0]))  # (6, 5, 2) on the x2 output grid
+    mm = ",".join(f"{c - 4:.4f}:{c + 4:.4f}" for c in centre)
+    assert centre.min() < 0  # the box starts with a minus sign on at least one axis
+    out, report = tmp_path / "roi.nii.gz", tmp_path / "roi.json"
+    result = run_mrisr("upsample", small_volume, "--plane", "in", "--factor", "2", "--method", "bicubic",
+                       "--roi-mm", mm, "-o", out, "--report", report, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    box = json.loads(report.read_text())["roi"]["voxels"]
+    assert all(lo <= c < hi for (lo, hi), c in zip(box, (6, 5, 2))) and box != [[0, 12], [0, 10], [0, 5]]
+    assert "(region " + ",".join(f"{lo}:{hi}" for lo, hi in box) + ")" in result.stderr  # announced
+    got = load_volume(out)
+    crop = tuple(slice(lo * f, hi * f) for (lo, hi), f in zip(box, (2, 2, 1)))
+    np.testing.assert_allclose(got.data, full.data[crop], atol=1e-3)  # stored as float32 either way
+    np.testing.assert_allclose(got.affine[:3, 3], voxel_to_world(full.affine, [c.start for c in crop]), atol=1e-4)
+    # the same box in voxels, over a folder of volumes
+    (tmp_path / "in" / "second.nii.gz").write_bytes(small_volume.read_bytes())
+    folder_out = tmp_path / "folder_out"
+    folder_out.mkdir()
+    voxels = ",".join(f"{lo}:{hi}" for lo, hi in box)
+    result = run_mrisr("upsample", tmp_path / "in", "--plane", "in", "--factor", "2", "--method", "bicubic",
+                       "--roi", voxels, "-o", folder_out, "--quiet")
+    assert result.returncode == 0, result.stderr
+    for name in ("small_sr.nii.gz", "second_sr.nii.gz"):
+        np.testing.assert_allclose(load_volume(folder_out / name).data, got.data, atol=1e-3)

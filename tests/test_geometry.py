@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mrisr.errors import GeometryError
-from mrisr.geometry import (from_planes, plan_upsampling, slab_bounds, slice_axis, to_planes,
-                            upsampled_affine, voxel_spacing, voxel_to_world)
+from mrisr.geometry import (from_planes, parse_voxel_box, plan_upsampling, slab_bounds, slice_axis, to_planes,
+                            upsampled_affine, voxel_spacing, voxel_to_world, world_box_to_voxels)
 from mrisr.inference import upsample_volume
 from mrisr.interpolation import bicubic_upsample, bspline_upsample
 from mrisr.io import Volume, load_volume
@@ -178,3 +178,46 @@ def test_isotropic_factor(orientation):
     assert isotropic_factor(make_affine(orientation, spacing=(1.0, 1.0, 1.2))) == 2  # at least 2
     # an explicit axis: the 0.625 mm axis as slice axis against the finer of the others
     assert isotropic_factor(make_affine(orientation, spacing=(0.625, 0.5, 3.6)), axis=0) == 2
+
+
+def test_voxel_boxes_and_world_boxes():
+    shape = (10, 12, 5)
+    assert parse_voxel_box("2:8, :,1:", shape) == ((2, 8), (0, 12), (1, 5))
+    for bad, phrase in (("2:8,:", "three ranges"), ("a:3,:,:", "integers"), ("0:11,:,:", "inside 0:10"),
+                        ("5:5,:,:", "non-empty"), ("2-8,:,:", "three ranges"), ("-1:3,:,:", "inside 0:10")):
+        with pytest.raises(GeometryError, match=phrase):
+            parse_voxel_box(bad, shape)
+    # an oblique grid: the tightest index box around the voxels whose centres are inside the world box
+    affine = make_affine("oblique", (0.8, 0.9, 3.0))
+    centre = voxel_to_world(affine, (np.asarray(shape) - 1) / 2)
+    lo, hi = centre - (2.0, 3.0, 4.0), centre + (2.5, 1.5, 5.0)
+    text = ",".join(f"{a:.3f}:{b:.3f}" for a, b in zip(lo, hi))
+    ijk = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), -1).reshape(-1, 3)
+    world = voxel_to_world(affine, ijk)
+    inside = ijk[np.all((world >= np.round(lo, 3)) & (world <= np.round(hi, 3)), axis=1)]
+    assert 1 < len(inside) < len(ijk)
+    expected = tuple((int(inside[:, a].min()), int(inside[:, a].max()) + 1) for a in range(3))
+    assert world_box_to_voxels(text, affine, shape) == expected
+    assert world_box_to_voxels(":, :, :", affine, shape) == ((0, 10), (0, 12), (0, 5))  # unbounded sides
+    with pytest.raises(GeometryError, match=r"holds no voxel centre .*x -?[\d.]+:-?[\d.]+, y .* mm"):
+        world_box_to_voxels("1000:1001,:,:", affine, shape)
+    with pytest.raises(GeometryError, match="empty"):
+        world_box_to_voxels("3:1,:,:", affine, shape)
+
+
+@needs_prostatex
+@pytest.mark.parametrize("plane,factor", [("through", 6), ("in", 2)])
+def test_a_region_of_interest_is_the_whole_volume_output_cropped(plane, factor):
+    volume = load_volume(prostatex_nifti("ProstateX-0218", "tra", 5))
+    full = upsample_volume(volume, plane, factor, method="bicubic")
+    box = ((100, 220), (90, 200), (3, 17))
+    part = upsample_volume(volume, plane, factor, method="bicubic", roi=box)
+    f = full.plan.axis_factors
+    crop = tuple(slice(lo * f[a], hi * f[a]) for a, (lo, hi) in enumerate(box))
+    np.testing.assert_array_equal(part.volume.data, full.volume.data[crop])  # the same numbers, not just close
+    # and the same place: the box's first output voxel is where the whole output has it
+    start = np.array([c.start for c in crop], float)
+    np.testing.assert_allclose(part.volume.affine[:3, 3], voxel_to_world(full.volume.affine, start), atol=1e-9)
+    np.testing.assert_allclose(part.volume.affine[:3, :3], full.volume.affine[:3, :3], atol=1e-12)
+    np.testing.assert_allclose(part.plan.output_affine, part.volume.affine, atol=1e-9)
+    assert part.plan.input_shape == (120, 110, 14) and part.extras["roi"]["voxels"] == [list(b) for b in box]

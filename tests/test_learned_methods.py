@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,3 +219,70 @@ def test_batch_size_is_fitted_to_memory_before_any_work(tmp_path, tiny_models, m
     monkeypatch.setattr(inference.volume, "available_memory", lambda device: 1000)
     with pytest.raises(ConfigError, match=r"the output \(20 x 24 x 3 voxels\) needs about"):
         upsample_volume(vol, "in", 2, method="bicubic")
+
+
+def test_a_region_of_interest_matches_the_whole_volume_run(tiny_models):
+    """The box is computed with the whole volume's normalisation, clipping range and per-plane
+    seeds, and with context along the plane axes: where that context reaches the volume's edge,
+    the learned output is the whole-volume output, bit for bit."""
+    rng = np.random.default_rng(1)
+    data = rng.uniform(100, 900, size=(24, 20, 6)).astype(np.float32)
+    data[:4, :4, :2] = 5000.0  # outside both boxes: moves the whole volume's normalisation and range
+    vol = Volume(data, make_affine("oblique", (0.8, 0.8, 3.0)))
+    run = dict(method="partdiff", model=str(tiny_models["partdiff"]), sampler="ddim", steps=3, batch_size=1, seed=7,
+               samples=2)
+    full = upsample_volume(vol, "in", 2, **run)
+    for box in (((0, 24), (0, 20), (2, 5)),  # fewer planes: the same planes with the same seeds
+                ((4, 20), (3, 17), (1, 6))):  # a smaller plane: 16 voxels of context reach every edge here
+        part = upsample_volume(vol, "in", 2, roi=box, **run)
+        crop = tuple(slice(lo * f, hi * f) for (lo, hi), f in zip(box, full.plan.axis_factors))
+        np.testing.assert_array_equal(part.volume.data, full.volume.data[crop])
+        np.testing.assert_array_equal(part.std_volume.data, full.std_volume.data[crop])
+        np.testing.assert_allclose(part.volume.affine, part.std_volume.affine)
+        assert part.extras["roi"] == {"voxels": [list(b) for b in box], "context_voxels": 16}
+        assert part.volume.metadata["mrisr_provenance"]["roi"] == part.extras["roi"]
+
+
+class _Pointwise(torch.nn.Module):
+    """A network with no spatial context (a 1 x 1 convolution): what it returns at a pixel depends
+    on that pixel's condition, noisy image and noise level alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = torch.nn.Conv2d(2, 1, 1)
+        with torch.no_grad():
+            self.mix.weight.copy_(torch.tensor([[[[0.3]], [[0.8]]]]))
+            self.mix.bias.fill_(0.05)
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        return self.mix(x) * level.view(-1, 1, 1, 1).to(x.dtype)
+
+
+def test_a_region_of_interest_samples_the_whole_planes_noise():
+    from mrisr.diffusion import NoiseWindow, randn
+    from mrisr.models import LoadedModel
+
+    # the window of the whole plane's noise, draw after draw, whatever the window's size
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    whole = randn((1, 1, 12, 10), [a])
+    window = randn((1, 1, 5, 4), [NoiseWindow(b, (12, 10), (6, 2))])
+    torch.testing.assert_close(window, whole[..., 6:11, 2:6], rtol=0, atol=0)
+    torch.testing.assert_close(randn((1, 1, 5, 4), [NoiseWindow(b, (12, 10), (0, 0))]),
+                               randn((1, 1, 12, 10), [a])[..., :5, :4], rtol=0, atol=0)  # the second draw too
+    with pytest.raises(ValueError, match="does not fit"):
+        randn((1, 1, 5, 4), [NoiseWindow(b, (12, 10), (8, 0))])
+    # a region whose context stops inside the volume: with a network without spatial context the
+    # ancestral sample there is the whole volume's sample, noise of every step included
+    inferer = PartialDiffusionInferer(objective="partdiff", k_noise_level=0.25)
+    model = LoadedModel(network=_Pointwise(), config=model_config(network_config("tiny"), inferer, "in", 2),
+                        inferer=inferer, path=Path("pointwise.safetensors"))
+    data = np.random.default_rng(2).uniform(100, 900, size=(48, 44, 3)).astype(np.float32)
+    vol = Volume(data, make_affine("oblique", (0.8, 0.8, 3.0)))
+    run = dict(method="partdiff", model=model, sampler="ancestral", batch_size=2, seed=5)
+    full = upsample_volume(vol, "in", 2, **run)
+    box = ((20, 28), (18, 26), (1, 3))  # context 4:44 and 2:42: a window inside both plane axes
+    part = upsample_volume(vol, "in", 2, roi=box, **run)
+    crop = tuple(slice(lo * f, hi * f) for (lo, hi), f in zip(box, full.plan.axis_factors))
+    np.testing.assert_allclose(part.volume.data, full.volume.data[crop], rtol=0, atol=1e-3)
+    other = upsample_volume(vol, "in", 2, **{**run, "seed": 6}).volume.data[crop]
+    assert np.abs(other - full.volume.data[crop]).max() > 10.0  # the noise matters: the test has teeth

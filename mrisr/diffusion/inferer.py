@@ -138,7 +138,8 @@ class PartialDiffusionInferer(Inferer):
     def sample(self, lowres: torch.Tensor, network: Callable, method: SampleMethod = "partdiff",
                sampler: SamplerName = "ancestral", steps: int | None = None, k: int | None = None,
                generators: Generators = None, progress: Callable[[int], None] | None = None,
-               start: torch.Tensor | None = None) -> torch.Tensor:
+               start: torch.Tensor | None = None,
+               condition_bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Super-resolve a batch.
 
         Args:
@@ -158,6 +159,8 @@ class PartialDiffusionInferer(Inferer):
             start: partdiff only: the image diffused to ``x_K`` instead of ``lowres`` (e.g. a
                 regression model's output, a start closer to the high-resolution image); the
                 network's condition stays ``lowres``.
+            condition_bounds: with the ``"condition"`` guard, its per-sample ``(lo, hi)`` bounds
+                instead of those of ``lowres`` (a window of a larger plane keeps the whole plane's).
 
         Returns:
             ``(B, C, H, W)`` float32.
@@ -167,6 +170,8 @@ class PartialDiffusionInferer(Inferer):
             raise ConfigError(f"a start image needs --method partdiff and the condition's shape {tuple(lowres.shape)}")
         self.network_evaluations = 0
         clip = self.clip_bounds(lowres)
+        if condition_bounds is not None and self.clip_denoised == "condition":
+            clip = condition_bounds
         if method == "regression":
             with self._autocast(lowres.device):
                 self.network_evaluations = 1

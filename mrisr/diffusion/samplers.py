@@ -25,6 +25,7 @@ __all__ = [
     "EpsModel",
     "Generators",
     "randn",
+    "NoiseWindow",
     "partial_start",
     "ancestral_sample",
     "ddim_steps",
@@ -43,20 +44,50 @@ DEFAULT_DDIM_STEPS = 8
 SamplerName = Literal["ancestral", "ddim"]
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+@dataclass(frozen=True)
+class NoiseWindow:
+    """One sample's generator whose noise is drawn on a larger plane and cut to a window of it.
+
+    A region of interest sampled with windows of the whole plane gets, draw by draw, the noise
+    the whole plane's sample has there (:func:`randn`), so that cropping the work does not change
+    the sample.
+    """
+
+    generator: torch.Generator
+    full: tuple[int, int]  # (H, W) of the whole plane
+    offset: tuple[int, int]  # the window's first row and column in it
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.device
+
+
+Generators = torch.Generator | Sequence[torch.Generator | NoiseWindow] | None
+
+
+def _one_sample(shape: Sequence[int], g: torch.Generator | NoiseWindow, dtype: torch.dtype) -> torch.Tensor:
+    if not isinstance(g, NoiseWindow):
+        return torch.randn(tuple(shape), generator=g, device=g.device, dtype=dtype)
+    (h, w), (r, c) = shape[-2:], g.offset
+    if r + h > g.full[0] or c + w > g.full[1]:
+        raise ValueError(f"a {h} x {w} window at {g.offset} does not fit a {g.full[0]} x {g.full[1]} plane")
+    whole = torch.randn((*shape[:-2], *g.full), generator=g.generator, device=g.device, dtype=dtype)
+    return whole[..., r:r + h, c:c + w]
 
 
 def randn(shape: Sequence[int], generators: Generators, device: torch.device | str = "cpu",
           dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normal noise; with a list of generators, sample ``i`` uses generator ``i``."""
+    """Standard normal noise; with a list of generators, sample ``i`` uses generator ``i`` (a
+    :class:`NoiseWindow` draws the whole plane's noise and keeps its window)."""
     if generators is None or isinstance(generators, torch.Generator):
         gen_device = generators.device if isinstance(generators, torch.Generator) else device
         return torch.randn(tuple(shape), generator=generators, device=gen_device, dtype=dtype).to(device)
     gens = list(generators)
     if len(gens) != shape[0]:
         raise ValueError(f"{len(gens)} generators for a batch of {shape[0]}")
-    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype).to(device)
-                        for g in gens])
+    return torch.stack([_one_sample(shape[1:], g, dtype).to(device) for g in gens])
 
 
 Clip = float | tuple[torch.Tensor, torch.Tensor] | None

@@ -21,7 +21,7 @@ from mrisr.interpolation import bicubic_upsample, bspline_upsample
 from mrisr.transforms import model_percentiles
 
 __all__ = ["PlaneUpsampler", "MethodSpec", "register_method", "get_method", "available_methods", "OBJECTIVES_FOR",
-           "ImagePlan", "plane_seed"]
+           "ImagePlan", "plane_seed", "PlaneWindow"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +40,32 @@ class PlaneUpsampler(Protocol):
     intensity: tuple[float, float] | None
     stochastic: bool
 
-    def __call__(self, planes: torch.Tensor, factors: tuple[int, int], seeds: list[int]) -> torch.Tensor:
+    def __call__(self, planes: torch.Tensor, factors: tuple[int, int], seeds: list[int],
+                 window: PlaneWindow | None = None) -> torch.Tensor:
         """Upsample ``(B, 1, H, W)`` planes by ``factors`` to ``(B, 1, H * fh, W * fw)``,
-        drawing plane ``i``'s randomness from ``seeds[i]``."""
+        drawing plane ``i``'s randomness from ``seeds[i]``; ``window``: the planes are windows
+        of larger ones, whose result there they must reproduce."""
         ...
+
+
+@dataclass(frozen=True)
+class PlaneWindow:
+    """Planes that are windows of larger ones (a region of interest of a volume).
+
+    A stochastic method draws the whole planes' noise and keeps the window's part of it; the
+    sampling guard keeps the whole planes' bounds. Together with enough context around the
+    window, the window's result is then the whole planes' result there.
+
+    Attributes:
+        full: ``(H, W)`` of the whole output planes.
+        offset: the window's first output row and column in them.
+        condition_bounds: the guard's per-plane ``(lo, hi)``, each ``(B, 1, 1, 1)``, from the
+            whole planes' condition (:func:`mrisr.diffusion.condition_range`).
+    """
+
+    full: tuple[int, int]
+    offset: tuple[int, int]
+    condition_bounds: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +127,8 @@ class _Bicubic:
     intensity: tuple[float, float] | None = None
     stochastic: bool = False
 
-    def __call__(self, planes: torch.Tensor, factors: tuple[int, int], seeds: list[int]) -> torch.Tensor:
+    def __call__(self, planes: torch.Tensor, factors: tuple[int, int], seeds: list[int],
+                 window: PlaneWindow | None = None) -> torch.Tensor:
         return bicubic_upsample(planes.to(self.device, torch.float32), factors)
 
 
@@ -115,7 +138,8 @@ class _BSpline:
     intensity: tuple[float, float] | None = None
     stochastic: bool = False
 
-    def __call__(self, planes: torch.Tensor, factors: tuple[int, int], seeds: list[int]) -> torch.Tensor:
+    def __call__(self, planes: torch.Tensor, factors: tuple[int, int], seeds: list[int],
+                 window: PlaneWindow | None = None) -> torch.Tensor:
         out = bspline_upsample(planes[:, 0].detach().cpu().numpy(), factors)
         return torch.from_numpy(out)[:, None]
 
@@ -164,15 +188,25 @@ class _Learned:
         extra = 1 if self.start_model is not None else 0
         return extra + self.model.inferer.plan(self.method, self.sampler, self.steps, self.k).network_evaluations
 
-    def __call__(self, planes: torch.Tensor, factors: tuple[int, int], seeds: list[int]) -> torch.Tensor:
+    def __call__(self, planes: torch.Tensor, factors: tuple[int, int], seeds: list[int],
+                 window: PlaneWindow | None = None) -> torch.Tensor:
         condition = bicubic_upsample(planes.to(self.device, torch.float32), factors)
-        generators = [torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
+        generators: list[Any] = [torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
+        bounds = None
+        if window is not None:
+            from mrisr.diffusion import NoiseWindow
+
+            generators = [NoiseWindow(g, window.full, window.offset) for g in generators]
+            if window.condition_bounds is not None:
+                bounds = tuple(b.to(self.device) for b in window.condition_bounds)
         start = None
         if self.start_model is not None:
-            start = self.start_model.inferer.sample(condition, self.start_model.network, method="regression")
+            start = self.start_model.inferer.sample(condition, self.start_model.network, method="regression",
+                                                    condition_bounds=bounds)
             self.network_evaluations += 1
         out = self.model.inferer.sample(condition, self.model.network, method=self.method, sampler=self.sampler,
-                                        steps=self.steps, k=self.k, generators=generators, start=start)
+                                        steps=self.steps, k=self.k, generators=generators, start=start,
+                                        condition_bounds=bounds)
         self.network_evaluations += self.model.inferer.network_evaluations
         return out
 

@@ -16,11 +16,11 @@ import torch
 
 from mrisr.devices import available_memory, resolve_device
 from mrisr.errors import ConfigError, require_int
-from mrisr.geometry import Plane, UpsamplingPlan, from_planes, plan_upsampling, to_planes
-from mrisr.inference.methods import PlaneUpsampler, default_sampling, get_method, plane_seed
+from mrisr.geometry import Plane, UpsamplingPlan, VoxelBox, from_planes, plan_upsampling, to_planes
+from mrisr.inference.methods import PlaneUpsampler, PlaneWindow, default_sampling, get_method, plane_seed
 from mrisr.io import Volume
 
-__all__ = ["UpsampleResult", "upsample_volume", "fit_batch_size", "SPACING_TOLERANCE"]
+__all__ = ["UpsampleResult", "upsample_volume", "fit_batch_size", "SPACING_TOLERANCE", "ROI_CONTEXT"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,22 @@ def _adapted_options(volume: Volume, plan: UpsamplingPlan, method: str, device: 
     return out
 
 
+#: input voxels of context computed around a region of interest along each plane axis (and then
+#: cropped away), so that the region's border planes see the same neighbourhood as in a whole-volume run
+ROI_CONTEXT = 16
+
+
+def _context_box(roi: VoxelBox, shape: tuple[int, int, int], plan: UpsamplingPlan) -> VoxelBox:
+    """``roi`` widened by :data:`ROI_CONTEXT` voxels along the plane axes, inside the volume."""
+    box = []
+    for a, ((lo, hi), n) in enumerate(zip(roi, shape)):
+        if not 0 <= lo < hi <= n:
+            raise ConfigError(f"the region of interest {lo}:{hi} on axis {a} is not inside 0:{n}")
+        margin = ROI_CONTEXT if a in plan.plane_axes else 0
+        box.append((max(0, lo - margin), min(n, hi + margin)))
+    return tuple(box)  # type: ignore[return-value]
+
+
 #: how far outside its training range an input's spacing may be before a warning
 SPACING_TOLERANCE = 1.5
 
@@ -124,10 +140,36 @@ def _provenance(volume: Volume, method: str, plane: str, factor: int, extras: di
     prov: dict[str, Any] = {"software": "mrisr", "version": __version__, "method": method, "plane": plane,
                             "factor": int(factor), "input": Path(str(volume.metadata.get("path", ""))).name or None}
     for key in ("model_name", "model_sha256", "adaptation", "sampler", "steps", "k", "start", "seed", "samples",
-                "precision", "clipped_to_input_range"):
+                "precision", "clipped_to_input_range", "roi"):
         if extras.get(key) is not None:
             prov["network_evaluations_per_plane" if key == "steps" else key] = extras[key]
     return prov
+
+
+class _WholePlanes:
+    """The :class:`PlaneWindow` of each batch of a region of interest: the whole planes' output
+    size, the window's offset in it, and the sampling guard's bounds from the whole planes."""
+
+    def __init__(self, whole: np.ndarray, whole_plan: UpsamplingPlan, context: VoxelBox) -> None:
+        self.whole, self.factors = whole, whole_plan.plane_factors
+        self.full = tuple(int(whole_plan.output_shape[a]) for a in whole_plan.plane_axes)
+        self.offset = tuple(int(context[a][0] * whole_plan.axis_factors[a]) for a in whole_plan.plane_axes)
+
+    def __call__(self, first: int, n: int) -> PlaneWindow:
+        from mrisr.diffusion.samplers import condition_range
+        from mrisr.interpolation import bicubic_upsample
+
+        planes = torch.from_numpy(np.ascontiguousarray(self.whole[first:first + n], dtype=np.float32))[:, None]
+        bounds = condition_range(bicubic_upsample(planes, self.factors))
+        return PlaneWindow(full=self.full, offset=self.offset, condition_bounds=bounds)  # type: ignore[arg-type]
+
+
+def _crop_output(out: Volume, box: VoxelBox | None, context: VoxelBox | None, plan: UpsamplingPlan) -> Volume:
+    """The output of the box computed with context, cropped to the box itself."""
+    if box is None or context is None:
+        return out
+    f = plan.axis_factors
+    return out.subvolume([((lo - c) * f[a], (hi - c) * f[a]) for a, ((lo, hi), (c, _)) in enumerate(zip(box, context))])
 
 
 @dataclass
@@ -164,7 +206,7 @@ class UpsampleResult:
 def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None = None,
                     method: str = "bicubic", device: str = "cpu", batch_size: int = 8,
                     seed: int = 0, samples: int = 1, progress: bool = False, clip: bool = True,
-                    on_start: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> UpsampleResult:
+                    roi: VoxelBox | None = None, on_start: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> UpsampleResult:
     """Upsample a volume in-plane or through-plane, one batch of 2D planes at a time.
 
     Args:
@@ -182,6 +224,13 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
         clip: for inputs without negative values (magnitude images), clip the output to the
             input's range: interpolation overshoot and sampling noise cannot make a magnitude
             negative or brighter than the input (False keeps the raw output).
+        roi: upsample only this half-open box of input voxels (``((i0, i1), (j0, j1), (k0, k1))``,
+            :func:`mrisr.geometry.parse_voxel_box`): the work shrinks with the box, the output
+            covers the box on the output grid (its affine puts every voxel where the whole-volume
+            output has it), and the result matches the whole-volume run there: the box is computed
+            with :data:`ROI_CONTEXT` voxels of context along the plane axes, with the whole
+            volume's intensity normalisation and clipping range, and a stochastic method draws the
+            whole planes' noise (the same seeds) and keeps the box's part of it.
         on_start: called once the run is planned, before any plane is computed, with ``plan``,
             ``method``, ``model_name``, ``sampler``, ``evaluations`` (per plane) and
             ``batch_size`` (the CLI prints them at once).
@@ -192,7 +241,8 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
             closer to the high-resolution image).
 
     Returns:
-        The result, whose volume has the plan's output shape and affine.
+        The result, whose volume has the plan's output shape and affine (with ``roi``: the plan of
+        the box).
 
     Raises:
         GeometryError, ConfigError, InputError: bad plane, factor, axis, method, device, batch
@@ -203,6 +253,14 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     require_int(batch_size, "batch size")
     require_int(samples, "samples")
     plan = plan_upsampling(volume.shape, volume.affine, plane, factor, axis)
+    whole_plan, work, box, context = plan, volume, None, None
+    if roi is not None:
+        box = tuple((int(lo), int(hi)) for lo, hi in roi)
+        context = _context_box(box, volume.shape, plan)  # type: ignore[arg-type]
+        work = volume.subvolume(context)
+        plan = plan_upsampling(work.shape, work.affine, plane, factor, plan.slice_axis)
+    result_plan = plan if box is None else plan_upsampling(
+        tuple(hi - lo for lo, hi in box), volume.subvolume(box).affine, plane, factor, plan.slice_axis)
     spec = get_method(method)
     given = sorted(k for k, v in options.items() if v is not None)
     if not spec.learned and given:
@@ -225,31 +283,40 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
         raise ConfigError(f"--samples {samples} needs a stochastic method; {method} gives the same result every time")
     batch_size = fit_batch_size(plan, upsampler, dev, batch_size, samples)
     if on_start is not None:
-        on_start({"plan": plan, "method": method, "model_name": getattr(upsampler, "model_name", None),
+        on_start({"plan": result_plan, "roi": box, "method": method, "model_name": getattr(upsampler, "model_name", None),
                   "sampler": getattr(upsampler, "sampler", None) if method != "regression" else None,
                   "evaluations": getattr(upsampler, "steps_run", None), "batch_size": batch_size})
 
     start = time.perf_counter()
-    data = volume.data
+    data = work.data
     intensity = None
     if upsampler.intensity is not None:
         from mrisr.transforms import robust_range
 
-        intensity = robust_range(data, *upsampler.intensity)
+        intensity = robust_range(volume.data, *upsampler.intensity)  # the whole volume's, with or without roi
         data = intensity.normalise(data)
     planes = torch.from_numpy(np.ascontiguousarray(to_planes(data, plan), dtype=np.float32))  # (N, H, W)
+    windows = None
+    if context is not None and spec.learned:
+        whole = volume.data if intensity is None else intensity.normalise(volume.data)
+        windows = _WholePlanes(to_planes(whole, whole_plan), whole_plan, context)
     out_shape = (plan.n_planes, *(plan.output_shape[a] for a in plan.plane_axes))
     mean = np.zeros(out_shape, np.float64)
     m2 = np.zeros(out_shape, np.float64) if samples > 1 else None
     desc = f"{method} x{factor} {plane}-plane" + (f", {samples} samples" if samples > 1 else "")
+    first_plane = context[plan.stack_axis][0] if context is not None else 0  # seeds follow the whole volume
     with tqdm(total=plan.n_planes * samples, desc=desc, unit="plane", disable=not progress, delay=1.0,
               leave=False) as bar:
         for lo in range(0, plan.n_planes, batch_size):
             batch = planes[lo:lo + batch_size, None].to(dev)
             for s in range(samples):
-                seeds = [plane_seed(seed, s, lo + i) for i in range(len(batch))]
+                seeds = [plane_seed(seed, s, first_plane + lo + i) for i in range(len(batch))]
                 with torch.inference_mode():
-                    up = upsampler(batch, plan.plane_factors, seeds)[:, 0].float().cpu().numpy()
+                    if windows is None:
+                        up = upsampler(batch, plan.plane_factors, seeds)
+                    else:
+                        up = upsampler(batch, plan.plane_factors, seeds, window=windows(first_plane + lo, len(batch)))
+                    up = up[:, 0].float().cpu().numpy()
                 # Welford's running mean and sum of squared deviations
                 delta = up - mean[lo:lo + len(batch)]
                 mean[lo:lo + len(batch)] += delta / (s + 1)
@@ -266,14 +333,16 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
         std = np.sqrt(m2 / (samples - 1))  # sample standard deviation across the N samples
         if intensity is not None:
             std = std * intensity.scale  # back to the input's units (scale only, no offset)
-        std_volume = volume.with_data(from_planes(std, plan), plan.output_affine, mrisr_method=method,
-                                      mrisr_map="std")
+        std_volume = _crop_output(work.with_data(from_planes(std, plan), plan.output_affine, mrisr_method=method,
+                                                 mrisr_map="std"), box, context, plan)
     seconds = time.perf_counter() - start
     logger.info("%s x%d %s-plane: %s -> %s in %.2f s, %d network evaluations", method, factor, plane,
                 plan.input_shape, plan.output_shape, seconds, upsampler.network_evaluations)
-    out = volume.with_data(from_planes(mean, plan), plan.output_affine, mrisr_method=method, mrisr_plane=plane,
-                           mrisr_factor=factor)
+    out = _crop_output(work.with_data(from_planes(mean, plan), plan.output_affine, mrisr_method=method,
+                                      mrisr_plane=plane, mrisr_factor=factor), box, context, plan)
     extras: dict[str, Any] = {"clipped_to_input_range": clipped}
+    if box is not None:
+        extras["roi"] = {"voxels": [list(b) for b in box], "context_voxels": ROI_CONTEXT}
     if spec.learned:
         extras.update({"sampler": getattr(upsampler, "sampler", None), "steps": getattr(upsampler, "steps_run", None),
                        "k": getattr(upsampler, "k", None),
@@ -291,6 +360,6 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
         std_volume.metadata["mrisr_provenance"] = {**{k: v for k, v in provenance.items()
                                                       if k != "clipped_to_input_range"},
                                                    "map": f"standard deviation of {samples} samples"}
-    return UpsampleResult(volume=out, plan=plan, method=method, device=str(dev), seconds=seconds,
+    return UpsampleResult(volume=out, plan=result_plan, method=method, device=str(dev), seconds=seconds,
                           network_evaluations=int(upsampler.network_evaluations), std_volume=std_volume,
                           extras=extras)

@@ -69,17 +69,22 @@ class Volume:
         """The central ``sizes[a]`` voxels along each axis (None or a larger size: all of it), each
         size rounded down to a multiple of ``multiple[a]``; the affine moves so that every kept
         voxel keeps its world position."""
-        starts, index = [], []
+        box = []
         for n, size, m in zip(self.shape, sizes, multiple):
             size = n if size is None or size >= n else size
             size -= size % m
             if size < 1:
                 raise ValueError(f"crop of {sizes} leaves no voxels of a {self.shape} volume")
-            starts.append((n - size) // 2)
-            index.append(slice(starts[-1], starts[-1] + size))
+            box.append(((n - size) // 2, (n - size) // 2 + size))
+        return self.subvolume(box)
+
+    def subvolume(self, box: Sequence[tuple[int, int]]) -> Volume:
+        """The voxels ``box[a][0]:box[a][1]`` along each axis; the affine moves so that every kept
+        voxel keeps its world position."""
+        starts = np.asarray([lo for lo, _ in box], float)
         affine = self.affine.copy()
-        affine[:3, 3] = self.affine[:3, :3] @ np.asarray(starts, float) + self.affine[:3, 3]
-        return self.with_data(self.data[tuple(index)], affine)
+        affine[:3, 3] = self.affine[:3, :3] @ starts + self.affine[:3, 3]
+        return self.with_data(self.data[tuple(slice(lo, hi) for lo, hi in box)], affine)
 
 
 @dataclass(frozen=True)
