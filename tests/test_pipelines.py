@@ -27,3 +27,19 @@ def test_benchmark_mri_classical(tmp_path, plane):
     assert bsp["psnr"] > bic["psnr"] - 0.5
     assert bic["consistency_mse"] < 0.01 and bic["network_evaluations"] == 0
     assert (out / "patches.png").stat().st_size > 1000
+
+
+@needs_prostatex
+def test_benchmark_roi_bicubic_box_is_the_whole_volume_inside_it(tmp_path):
+    sys.path.insert(0, str(REPO / "pipelines"))
+    try:
+        import benchmark_roi
+    finally:
+        sys.path.pop(0)
+    assert benchmark_roi.central_box((320, 53, 19), 1) == ((80, 240), (0, 53), (4, 15))
+    assert benchmark_roi.main(["--series", "cor_s6", "--methods", "bicubic", "--device", "cpu",
+                               "--json", str(tmp_path / "roi.json")]) == 0
+    rows = json.loads((tmp_path / "roi.json").read_text())["series"]["cor_s6"]["rows"]
+    assert rows["bicubic roi"]["psnr_db"] == rows["bicubic whole"]["psnr_db"]  # the same voxels, to the bit
+    assert rows["bicubic roi vs whole"] == {"agreement_db": None, "identical": True}
+    assert 20.0 < rows["bicubic whole"]["psnr_db"] < 26.0  # 22.3 dB measured (docs/benchmarks.md)
