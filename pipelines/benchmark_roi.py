@@ -13,7 +13,6 @@ PSNR of one against the other (None where they are identical), and the seconds o
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def db(a: np.ndarray, b: np.ndarray, peak: float) -> float:
         mse = float(np.mean((a.astype(np.float64) - b) ** 2))
-        return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+        return float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))
 
     results: dict[str, object] = {"command": " ".join(["python", "pipelines/benchmark_roi.py", *sys.argv[1:]]),
                                   "machine": platform.processor() or platform.machine(), "series": {}}

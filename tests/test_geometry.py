@@ -208,9 +208,9 @@ def test_voxel_boxes_and_world_boxes():
 @needs_prostatex
 @pytest.mark.parametrize("plane,factor", [("through", 6), ("in", 2)])
 def test_a_region_of_interest_is_the_whole_volume_output_cropped(plane, factor):
-    volume = load_volume(prostatex_nifti("ProstateX-0218", "tra", 5))
+    volume = load_volume(prostatex_nifti("ProstateX-0218", "tra", 5)).crop((176, 176, None))
     full = upsample_volume(volume, plane, factor, method="bicubic")
-    box = ((100, 220), (90, 200), (3, 17))
+    box = ((20, 140), (10, 120), (3, 17))
     part = upsample_volume(volume, plane, factor, method="bicubic", roi=box)
     f = full.plan.axis_factors
     crop = tuple(slice(lo * f[a], hi * f[a]) for a, (lo, hi) in enumerate(box))

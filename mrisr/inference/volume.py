@@ -206,7 +206,8 @@ class UpsampleResult:
 def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None = None,
                     method: str = "bicubic", device: str = "cpu", batch_size: int = 8,
                     seed: int = 0, samples: int = 1, progress: bool = False, clip: bool = True,
-                    roi: VoxelBox | None = None, on_start: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> UpsampleResult:
+                    roi: VoxelBox | None = None, on_start: Callable[[dict[str, Any]], None] | None = None,
+                    **options: Any) -> UpsampleResult:
     """Upsample a volume in-plane or through-plane, one batch of 2D planes at a time.
 
     Args:
@@ -283,7 +284,8 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
         raise ConfigError(f"--samples {samples} needs a stochastic method; {method} gives the same result every time")
     batch_size = fit_batch_size(plan, upsampler, dev, batch_size, samples)
     if on_start is not None:
-        on_start({"plan": result_plan, "roi": box, "method": method, "model_name": getattr(upsampler, "model_name", None),
+        on_start({"plan": result_plan, "roi": box, "method": method,
+                  "model_name": getattr(upsampler, "model_name", None),
                   "sampler": getattr(upsampler, "sampler", None) if method != "regression" else None,
                   "evaluations": getattr(upsampler, "steps_run", None), "batch_size": batch_size})
 
