@@ -258,3 +258,33 @@ def test_every_single_valued_default_is_in_the_schema():
         elif key not in whole:
             leaves.add(key)
     assert leaves - free == set(SCHEMA), sorted((leaves - free) ^ set(SCHEMA))
+
+
+@needs_prostatex
+def test_channels_last_and_compile_change_speed_not_training(tmp_path, monkeypatch):
+    def run(name: str, **optim: object) -> tuple[Trainer, list[float]]:
+        config = load_config(TINY)
+        config["optim"].update(optim)
+        trainer = Trainer(config, tmp_path / name, device="cpu", max_steps=3, progress=False)
+        trainer._stream = None
+        return trainer, [trainer.train_step() for _ in range(3)]
+
+    plain, plain_losses = run("plain")
+    fast, fast_losses = run("channels_last", channels_last=True)
+    conv = next(m for m in fast.network.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(fast_losses, plain_losses, rtol=1e-4)  # the same training, another layout
+    for a, b in zip(fast.network.state_dict().values(), plain.network.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    # compile wraps the module the steps run through; parameters, EMA and checkpoints stay the
+    # plain network's (no "_orig_mod." keys). torch.compile itself takes minutes on this CPU, so
+    # a recording stand-in takes its place here
+    wrapped = []
+    monkeypatch.setattr(torch, "compile", lambda module: wrapped.append(module) or module)
+    compiled, compiled_losses = run("compiled", compile=True)
+    assert wrapped == [compiled.network] and compiled_losses == plain_losses
+    assert list(compiled.network.state_dict()) == list(plain.network.state_dict())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"data: {{datalist: {REPO / 'configs' / 'prostatex.json'}}}\noptim: {{compile: 'yes'}}\n")
+    with pytest.raises(ConfigError, match="optim.compile must be true or false"):
+        load_config(bad)

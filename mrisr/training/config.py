@@ -36,7 +36,10 @@ DEFAULTS: dict[str, Any] = {
     "schedules": {"train": dict(TRAINING_SCHEDULE), "inference": dict(INFERENCE_SCHEDULE)},
     "optim": {"lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "grad_accum": 1, "ema_decay": 0.999,
               "precision": "auto", "max_steps": 10000, "loss": "l1", "grad_clip": 1.0,
-              "lr_schedule": "constant", "warmup_steps": 0},
+              "lr_schedule": "constant", "warmup_steps": 0,
+              # speed only: the network and batches in channels-last memory format; the training
+              # forward and backward through torch.compile (compiles on the first step)
+              "channels_last": False, "compile": False},
     "checkpoint": {"every": 200, "keep": 3},
     # slices: planes per validation series (0: every plane); crop is no longer used (whole planes)
     "validation": {"every": 1000, "slices": 0, "crop": 128, "sampler": "ddim", "steps": 4, "batch_size": 4},
@@ -122,9 +125,10 @@ LR_SCHEDULES = ("constant", "cosine")
 @dataclass(frozen=True)
 class Field:
     """What one config value may be: an integer or a number in ``[minimum, maximum]`` (a number
-    above ``below`` when it is given, strictly), one of ``choices``, or None when ``optional``."""
+    above ``below`` when it is given, strictly), one of ``choices``, true or false (``bool``), or
+    None when ``optional``."""
 
-    kind: Literal["int", "number", "choice"]
+    kind: Literal["int", "number", "choice", "bool"]
     minimum: float | None = None
     maximum: float | None = None
     below: float | None = None
@@ -133,6 +137,10 @@ class Field:
 
     def check(self, key: str, value: Any) -> None:
         if value is None and self.optional:
+            return
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key} must be true or false, got {value!r}")
             return
         if self.kind == "choice":
             if isinstance(value, bool) or value not in self.choices:
@@ -178,6 +186,8 @@ SCHEMA: dict[str, Field] = {
     "optim.grad_clip": Field("number", minimum=0.0, optional=True),
     "optim.lr_schedule": Field("choice", choices=LR_SCHEDULES),
     "optim.warmup_steps": Field("int", minimum=0),
+    "optim.channels_last": Field("bool"),
+    "optim.compile": Field("bool"),
     "checkpoint.every": Field("int", minimum=1),
     "checkpoint.keep": Field("int", minimum=1),
     "validation.every": Field("int", minimum=1),

@@ -120,6 +120,8 @@ class Trainer:
 
         torch.manual_seed(self.seed)
         self.network = SR3UNet(**self.net_kwargs).to(self.device)
+        self.memory_format = torch.channels_last if config["optim"]["channels_last"] else torch.contiguous_format
+        self.network = self.network.to(memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.network).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -138,6 +140,9 @@ class Trainer:
 
             self.model = DistributedDataParallel(self.network, device_ids=[self.device.index]
                                                  if self.device.type == "cuda" else None)
+        if optim["compile"]:
+            # the parameters stay self.network's: checkpoints and the EMA never see the wrapper
+            self.model = torch.compile(self.model)
 
     # ---------------------------------------------------------------------------- batches
 
@@ -229,8 +234,8 @@ class Trainer:
             sub = self.step * accum + micro
             torch.manual_seed(step_seed(self.seed, sub, self.rank, 2))  # dropout
             hr, cond = next(self._stream) if self._stream is not None else self.batches[sub]
-            hr = hr.to(self.device, non_blocking=True)
-            cond = cond.to(self.device, non_blocking=True)
+            hr = hr.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            cond = cond.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             gen = torch.Generator(self.device).manual_seed(step_seed(self.seed, sub, self.rank, 3))
             sync = micro == accum - 1 or not self.distributed
             ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
