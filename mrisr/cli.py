@@ -831,7 +831,7 @@ def _join_negative_boxes(argv: list[str]) -> list[str]:
     with a minus sign as an option."""
     out: list[str] = []
     for arg in argv:
-        if out and out[-1] in ("--roi-mm", "--roi") and arg[:1] == "-" and arg[1:2].isdigit() | (arg[1:2] == "."):
+        if out and out[-1] in ("--roi-mm", "--roi") and arg[:1] == "-" and (arg[1:2].isdigit() or arg[1:2] == "."):
             out[-1] = f"{out[-1]}={arg}"
         else:
             out.append(arg)

@@ -12,6 +12,6 @@ __all__ = [
     "NoiseSchedule", "TRAINING_SCHEDULE", "INFERENCE_SCHEDULE", "training_schedule", "inference_schedule",
     "Objective", "OBJECTIVES", "alignment_weight", "noisy_input", "predict_noise", "predict_regression",
     "training_loss", "SamplerName", "SAMPLERS", "randn", "NoiseWindow", "partial_start", "ancestral_sample",
-    "ddim_steps",
-    "ddim_sample", "SamplingPlan", "plan_sampling", "PartialDiffusionInferer", "SampleMethod", "SAMPLE_METHODS", "DEFAULT_DDIM_STEPS",
+    "ddim_steps", "ddim_sample", "SamplingPlan", "plan_sampling", "PartialDiffusionInferer", "SampleMethod",
+    "SAMPLE_METHODS", "DEFAULT_DDIM_STEPS",
 ]

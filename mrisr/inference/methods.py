@@ -60,7 +60,7 @@ class PlaneWindow:
         full: ``(H, W)`` of the whole output planes.
         offset: the window's first output row and column in them.
         condition_bounds: the guard's per-plane ``(lo, hi)``, each ``(B, 1, 1, 1)``, from the
-            whole planes' condition (:func:`mrisr.diffusion.condition_range`).
+            whole planes' condition (:func:`mrisr.diffusion.samplers.condition_range`).
     """
 
     full: tuple[int, int]
