@@ -4,6 +4,7 @@ input's units), test-time adaptation, the training-spacing warning and the prove
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -299,7 +300,8 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
         data = intensity.normalise(data)
     planes = torch.from_numpy(np.ascontiguousarray(to_planes(data, plan), dtype=np.float32))  # (N, H, W)
     windows = None
-    if context is not None and spec.learned:
+    takes_window = "window" in inspect.signature(upsampler.__call__).parameters  # methods registered before it
+    if context is not None and spec.learned and takes_window:
         whole = volume.data if intensity is None else intensity.normalise(volume.data)
         windows = _WholePlanes(to_planes(whole, whole_plan), whole_plan, context)
     out_shape = (plan.n_planes, *(plan.output_shape[a] for a in plan.plane_axes))
