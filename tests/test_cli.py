@@ -321,11 +321,12 @@ def test_roi_in_voxels_and_in_millimetres_one_volume_and_a_folder(tmp_path, smal
     assert run_mrisr("upsample", small_volume, "--plane", "in", "--factor", "2", "--method", "bicubic", "-o", whole,
                      "--quiet").returncode == 0
     full = load_volume(whole)
-    # a world box (negative millimetres included, as argparse would otherwise read them as options)
-    # around voxel (6, 5, 2): the voxels whose centres are within 4 mm of it along x, y and z
+    # a world box around voxel (6, 5, 2): the voxels whose centres are within 4 mm of it along x, y
+    # and z (a box whose text starts with a minus sign is the roi_mm_nowhere bad-input case: argparse
+    # alone would read it as an option)
     centre = voxel_to_world(full.affine, np.array([12.5, 10.5, 2.0]))  # (6, 5, 2) on the x2 output grid
     mm = ",".join(f"{c - 4:.4f}:{c + 4:.4f}" for c in centre)
-    assert centre.min() < 0  # the box starts with a minus sign on at least one axis
+    assert centre.min() < 0  # negative millimetres inside the text
     out, report = tmp_path / "roi.nii.gz", tmp_path / "roi.json"
     result = run_mrisr("upsample", small_volume, "--plane", "in", "--factor", "2", "--method", "bicubic",
                        "--roi-mm", mm, "-o", out, "--report", report, cwd=tmp_path)
