@@ -262,7 +262,8 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
         work = volume.subvolume(context)
         plan = plan_upsampling(work.shape, work.affine, plane, factor, plan.slice_axis)
     result_plan = plan if box is None else plan_upsampling(
-        tuple(hi - lo for lo, hi in box), volume.subvolume(box).affine, plane, factor, plan.slice_axis)
+        tuple(hi - lo for lo, hi in box), volume.offset_affine([lo for lo, _ in box]), plane, factor,
+        plan.slice_axis)
     spec = get_method(method)
     given = sorted(k for k, v in options.items() if v is not None)
     if not spec.learned and given:

@@ -81,10 +81,15 @@ class Volume:
     def subvolume(self, box: Sequence[tuple[int, int]]) -> Volume:
         """The voxels ``box[a][0]:box[a][1]`` along each axis; the affine moves so that every kept
         voxel keeps its world position."""
-        starts = np.asarray([lo for lo, _ in box], float)
+        return self.with_data(self.data[tuple(slice(lo, hi) for lo, hi in box)],
+                              self.offset_affine([lo for lo, _ in box]))
+
+    def offset_affine(self, starts: Sequence[int]) -> np.ndarray:
+        """The affine of the sub-grid whose first voxel is ``starts``: the same axes, the origin
+        moved there, so that every voxel keeps its world position."""
         affine = self.affine.copy()
-        affine[:3, 3] = self.affine[:3, :3] @ starts + self.affine[:3, 3]
-        return self.with_data(self.data[tuple(slice(lo, hi) for lo, hi in box)], affine)
+        affine[:3, 3] = self.affine[:3, :3] @ np.asarray(starts, float) + self.affine[:3, 3]
+        return affine
 
 
 @dataclass(frozen=True)
