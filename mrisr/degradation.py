@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mrisr.errors import GeometryError
-from mrisr.geometry import check_factor, downsampled_affine
+from mrisr.geometry import check_factor, downsampled_affine, slice_axis, superior_inferior_axis
 from mrisr.io import Volume
 
 __all__ = ["average_lines", "bicubic_downsample", "thick_slice_volume", "simulate_lowres"]
@@ -80,8 +80,6 @@ def simulate_lowres(volume: Volume, plane: str, factor: int) -> tuple[Volume, in
     (:func:`thick_slice_volume`). The affine is the merged grid's, so upsampling by ``factor``
     gives back ``volume``'s grid (cropped to a multiple of ``factor``).
     """
-    from mrisr.geometry import slice_axis, superior_inferior_axis
-
     if plane == "in":
         axis = slice_axis(volume.affine)
         moved = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume.data, axis, 0)))[:, None]

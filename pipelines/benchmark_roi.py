@@ -41,10 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from mrisr.degradation import simulate_lowres
     from mrisr.inference import upsample_volume
     from mrisr.io import load_volume, write_json
-
-    def db(a: np.ndarray, b: np.ndarray, peak: float) -> float:
-        mse = float(np.mean((a.astype(np.float64) - b) ** 2))
-        return float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))
+    from mrisr.metrics import psnr
 
     results: dict[str, object] = {"command": " ".join(["python", "pipelines/benchmark_roi.py", *sys.argv[1:]]),
                                   "machine": platform.processor() or platform.machine(), "series": {}}
@@ -63,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
                 f = res.plan.axis_factors
                 inside = tuple(slice(a * k, b * k) for (a, b), k in zip(box, f))
                 outputs[name] = res.volume.data if roi is not None else res.volume.data[inside]
-                rows[f"{method} {name}"] = {"psnr_db": db(outputs[name], hr.data[inside], hi - lo),
+                rows[f"{method} {name}"] = {"psnr_db": psnr(outputs[name], hr.data[inside], hi - lo),
                                             "seconds": round(seconds, 1)}
                 print(f"{series} {method} {name}: {rows[f'{method} {name}']}", flush=True)
-            agreement = db(outputs["roi"], outputs["whole"], hi - lo)
+            agreement = psnr(outputs["roi"], outputs["whole"], hi - lo)
             rows[f"{method} roi vs whole"] = {"agreement_db": agreement if np.isfinite(agreement) else None,
                                               "identical": bool(np.array_equal(outputs["roi"], outputs["whole"]))}
             print(f"{series} {method} roi vs whole: {rows[f'{method} roi vs whole']}", flush=True)

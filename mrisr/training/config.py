@@ -231,8 +231,6 @@ def _validate(config: dict[str, Any]) -> None:
         raise ConfigError("the config needs data.datalist (decathlon JSON) or data.glob")
 
 
-
-
 def learning_rate(step: int, base: float, schedule: str, warmup: int, total: int) -> float:
     """The learning rate of optimiser step ``step`` (0-based): linear warm-up over ``warmup``
     steps, then constant or a cosine decay to 0 at ``total``."""
