@@ -49,7 +49,7 @@ from mrisr.io import load_volume
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plane", choices=["in", "through"], default="in")
     parser.add_argument("--factor", type=int, default=None)
@@ -65,7 +65,7 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmark_mri")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     factor = args.factor or (4 if args.plane == "in" else 6)
 
     from mrisr.models import default_model
@@ -111,8 +111,9 @@ def main() -> int:
 
     device = "cuda: " + torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available() else \
         f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    command = " ".join(["python", "pipelines/benchmark_mri.py", *(sys.argv[1:] if argv is None else argv)])
     summary = {
-        "date": date.today().isoformat(), "command": "python " + " ".join(sys.argv), "device": device,
+        "date": date.today().isoformat(), "command": command, "device": device,
         "plane": args.plane, "factor": factor, "datalist": args.datalist, "split": args.split,
         "volumes": [e.image for e in entries], "slices_per_volume": args.slices, "crop": args.crop,
         "models": models,

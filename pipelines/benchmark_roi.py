@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     from mrisr.io import load_volume, write_json
     from mrisr.metrics import psnr
 
-    results: dict[str, object] = {"command": " ".join(["python", "pipelines/benchmark_roi.py", *sys.argv[1:]]),
+    command = ["python", "pipelines/benchmark_roi.py", *(sys.argv[1:] if argv is None else argv)]
+    results: dict[str, object] = {"command": " ".join(command),
                                   "machine": platform.processor() or platform.machine(), "series": {}}
     for series in args.series:
         hr = load_volume(SHARED / "prostatex" / "nifti" / f"{args.patient}_t2_{series}.nii.gz")
