@@ -3,18 +3,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from conftest import file_digest, needs_prostatex, prostatex_nifti, run_mrisr
+from conftest import file_digest, needs_prostatex, prostatex_nifti, run_mrisr, starts_processes
 from mrisr.bundle import SCHEMA_PATH, list_inputs
 from mrisr.models import default_model, load_model
 from mrisr.io import load_volume, save_volume
@@ -23,10 +28,35 @@ THROUGH = "prostatex-through-x6-partdiff"
 
 
 def run_bundle(bundle: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` of the inference config, from the bundle folder, as a user runs it."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     return subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
                            str(bundle / "configs" / "inference.json"), *args], capture_output=True, text=True,
                           timeout=600, env=env, cwd=bundle)
+
+
+def run_bundle_here(bundle: Path, config: str, **args: Any) -> subprocess.CompletedProcess:
+    """``monai.bundle.run`` in this process, from the bundle folder: what ``python -m monai.bundle
+    run`` calls, without a second interpreter's start-up (exit code and stderr). The root logger
+    that the bundle's logging.conf sets up is put back afterwards."""
+    from monai.bundle import run
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    here, err, code = os.getcwd(), io.StringIO(), 0
+    try:
+        os.chdir(bundle)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            warnings.simplefilter("ignore")  # MONAI's note on trusting a config's `$` expressions
+            try:
+                run(config_file=str(bundle / "configs" / config), **args)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(here)
+        root.setLevel(level)
+        root.handlers[:] = handlers
+    return subprocess.CompletedProcess(["monai.bundle.run", config], code, "", err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +115,7 @@ def test_metadata_and_network_formats_verify_offline(bundle):
 
 
 @needs_prostatex
+@starts_processes
 def test_bundle_run_equals_mrisr_upsample_and_skips_a_bad_file(bundle, small_axial, tmp_path):
     cases = tmp_path / "in"
     cases.mkdir()
@@ -110,7 +141,7 @@ def test_bundle_run_equals_mrisr_upsample_and_skips_a_bad_file(bundle, small_axi
 
     # a second run refuses to replace the output, and leaves it as it was
     digest = file_digest(tmp_path / "out" / "p0218_tra_sr.nii.gz")
-    again = run_bundle(bundle, "--dataset_dir", str(cases), "--output_dir", str(tmp_path / "out"))
+    again = run_bundle_here(bundle, "inference.json", dataset_dir=str(cases), output_dir=str(tmp_path / "out"))
     assert again.returncode == 2 and "exists" in again.stderr
     assert file_digest(tmp_path / "out" / "p0218_tra_sr.nii.gz") == digest
 
@@ -150,13 +181,9 @@ def test_train_config_fine_tunes_from_the_bundle_weights(bundle, tmp_path):
     cor = load_volume(prostatex_nifti("ProstateX-0000", "cor", 5))
     save_volume(cor.crop([60, 60, 2]), tmp_path / "cor.nii.gz")
     (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"image": "cor.nii.gz", "plane": "cor"}]}))
-    overrides = "{'data': {'crop': 48, 'num_workers': 0}, 'optim': {'batch_size': 2, 'precision': 'fp32'}}"
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
-                             str(bundle / "configs" / "train.json"), "--datalist", str(tmp_path / "datalist.json"),
-                             "--output_dir", str(tmp_path / "ft"), "--max_steps", "2", "--overrides", overrides,
-                             "--device", "cpu"], capture_output=True, text=True, timeout=600, env=env,
-                            cwd=bundle)
+    overrides = {"data": {"crop": 48, "num_workers": 0}, "optim": {"batch_size": 2, "precision": "fp32"}}
+    result = run_bundle_here(bundle, "train.json", datalist=str(tmp_path / "datalist.json"),
+                             output_dir=str(tmp_path / "ft"), max_steps=2, overrides=overrides, device="cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     start = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
     tuned = load_model(tmp_path / "ft" / "run" / "model.safetensors")
