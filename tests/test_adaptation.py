@@ -73,15 +73,15 @@ def test_cli_adapt_keeps_the_shipped_model_and_saves_a_loadable_adapted_one(tmp_
     vol = Volume(np.random.default_rng(0).uniform(0, 1000, size=(12, 12, 3)).astype(np.float32),
                  make_affine("LPS", (0.6, 0.6, 3.6)))
     src = save_volume(vol, tmp_path / "scan.nii.gz")
-    result = run_mrisr("upsample", src, "--plane", "through", "--factor", "6", "--adapt", "2", "--save-adapted",
+    result = run_mrisr("upsample", src, "--plane", "through", "--factor", "6", "--adapt", "1", "--save-adapted",
                        tmp_path / "mine.safetensors", "-o", tmp_path / "out.nii.gz", "--report", tmp_path / "r.json",
                        "--quiet")
     assert result.returncode == 0, result.stderr
     assert file_digest(shipped) == digest
     adapted = load_model(tmp_path / "mine.safetensors")
-    assert adapted.config["adaptation"]["input"] == "scan.nii.gz" and adapted.config["adaptation"]["steps"] == 2
+    assert adapted.config["adaptation"]["input"] == "scan.nii.gz" and adapted.config["adaptation"]["steps"] == 1
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["adaptation"]["steps"] == 2 and report["model_name"] == "prostatex_through_x6_partdiff.adapted.safetensors"
+    assert report["adaptation"]["steps"] == 1 and report["model_name"] == "prostatex_through_x6_partdiff.adapted.safetensors"
     assert report["sampler"] == "ddim" and report["steps"] == 4  # the shipped model's defaults still apply
     refused = run_mrisr("upsample", src, "--plane", "through", "--factor", "6", "--adapt", "2", "--save-adapted",
                         shipped, "-o", tmp_path / "x.nii.gz")

@@ -21,7 +21,7 @@ import pytest
 from mrisr.io import Volume, load_volume, save_volume
 
 from conftest import (PROSTATEX, file_digest, make_affine, needs_prostatex, prostatex_nifti, run_mrisr,
-                      run_mrisr_subprocess)
+                      run_mrisr_subprocess, starts_processes)
 
 
 @pytest.fixture
@@ -258,6 +258,7 @@ def test_shipped_partdiff_keeps_its_sampler_when_only_steps_are_given():
         upsample_volume(vol, "through", 6, method="partdiff", steps=2, evaluations=2)
 
 
+@starts_processes
 def test_sigterm_leaves_nothing_and_exits_143(tmp_path):
     import os
     import signal
@@ -269,14 +270,17 @@ def test_sigterm_leaves_nothing_and_exits_143(tmp_path):
     before = file_digest(src)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "mrisr", "upsample", str(src), "--plane", "through", "--factor",
-                             "6", "--sampler", "ancestral", "--quiet", "--precision", "fp32"], cwd=tmp_path,
+                             "6", "--sampler", "ancestral", "--precision", "fp32"], cwd=tmp_path,
                             stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(12)  # imports done, sampling under way (the whole run takes minutes)
+    plan = proc.stderr.readline()  # printed once the model is loaded, just before sampling starts
+    assert "96 planes" in plan and "-> " in plan, plan
+    time.sleep(1)  # sampling under way (the whole run takes minutes)
     assert proc.poll() is None, proc.stderr.read()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    assert err.strip() == "mrisr: terminated (SIGTERM); no partial output was left"
+    lines = (plan + err).replace("\r", "\n").strip().splitlines()  # the plan, progress, and one last line
+    assert lines[-1] == "mrisr: terminated (SIGTERM); no partial output was left" and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thick.nii.gz"]
     assert file_digest(src) == before
 

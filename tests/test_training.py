@@ -18,7 +18,7 @@ from mrisr.errors import ConfigError, InputError
 from mrisr.models import load_model
 from mrisr.training import Trainer, batch_indices, load_config
 
-from conftest import REPO, needs_prostatex, run_mrisr
+from conftest import REPO, needs_prostatex, run_mrisr, starts_processes
 
 TINY = REPO / "configs" / "tiny.yaml"
 
@@ -29,14 +29,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``mrisr train`` in a fresh process with one thread (runs compared bit for bit)."""
-    return subprocess.run([sys.executable, "-m", "mrisr", "train", *map(str, args), "--quiet"], cwd=cwd,
-                          capture_output=True, text=True, timeout=600, env=_env())
-
-
 def _train_here(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``mrisr train`` in this process (where no other run is compared with it bit for bit)."""
+    """``mrisr train`` in this process, without a second start-up (on one thread, as
+    ``torch.set_num_threads(1)``, where it is compared bit for bit with a run in a subprocess)."""
     return run_mrisr("train", *args, "--quiet", cwd=cwd)
 
 
@@ -78,10 +73,9 @@ def test_twenty_steps_lower_the_loss(tmp_path):
 
 
 @needs_prostatex
+@starts_processes
 def test_sigkill_then_resume_continues_exactly(tmp_path):
     steps = "12"  # a checkpoint every 5 steps: killed after the first, resumed to the end
-    ref = _train(TINY, "-o", "ref", "--max-steps", steps, cwd=tmp_path)
-    assert ref.returncode == 0, ref.stderr
     proc = subprocess.Popen([sys.executable, "-m", "mrisr", "train", str(TINY), "-o", "killed", "--max-steps", steps,
                              "--quiet"], cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt_dir = tmp_path / "killed" / "checkpoints"
@@ -96,8 +90,16 @@ def test_sigkill_then_resume_continues_exactly(tmp_path):
     # without --resume the run folder is protected
     refused = _train_here(TINY, "-o", "killed", "--max-steps", steps, cwd=tmp_path)
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    resumed = _train(TINY, "-o", "killed", "--max-steps", steps, "--resume", cwd=tmp_path)
+    # the resumed run and an uninterrupted reference: in this process, on one thread as the killed run
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        resumed = _train_here(TINY, "-o", "killed", "--max-steps", steps, "--resume", cwd=tmp_path)
+        ref = _train_here(TINY, "-o", "ref", "--max-steps", steps, cwd=tmp_path)
+    finally:
+        torch.set_num_threads(threads)
     assert resumed.returncode == 0, resumed.stderr
+    assert ref.returncode == 0, ref.stderr
     ref_log, new_log = _log(tmp_path / "ref"), _log(tmp_path / "killed")
     assert [s for s, _ in new_log] == list(range(1, int(steps) + 1))  # no gap, no duplicate
     assert new_log == ref_log  # the same loss at every step, the first after the checkpoint included
@@ -109,6 +111,7 @@ def test_sigkill_then_resume_continues_exactly(tmp_path):
 
 
 @needs_prostatex
+@starts_processes
 def test_torchrun_two_gloo_ranks_hold_identical_weights(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "mrisr.train", str(TINY), "-o", "ddp", "--max-steps", "4", "--device", "cpu", "--quiet"]
