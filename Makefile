@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) pipelines/demo.py
 
+# one pytest-xdist worker per core (TEST_JOBS=0 runs the suite in one process)
+TEST_JOBS ?= auto
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist worksteal
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

@@ -11,6 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest-xdist worker per core: one thread each (and in the processes
+    # they start), so that workers do not oversubscribe the cores
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MRISR_SHARED_DATA", REPO.parent / "shared" / "data"))
 PROSTATEX = SHARED / "prostatex"
@@ -22,6 +30,16 @@ PROSTATEX_SERIES = [
     ("ProstateX-0001", "tra", 10), ("ProstateX-0218", "cor", 6), ("ProstateX-0218", "sag", 4),
     ("ProstateX-0218", "tra", 5),
 ]
+
+# Tests that start other processes (signals, torchrun ranks, `python -m monai.bundle run`): they
+# run first, so that under pytest-xdist the in-process tests keep the other cores busy meanwhile
+# instead of waiting for the longest test at the end.
+starts_processes = pytest.mark.starts_processes
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.get_closest_marker("starts_processes") is None)  # stable otherwise
+
 
 needs_prostatex = pytest.mark.skipif(not PROSTATEX.is_dir(),
                                      reason=f"shared ProstateX data not found at {PROSTATEX}")

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import make_affine
+from conftest import make_affine, starts_processes
 from mrisr.data import shard
 from mrisr.io import Volume, load_volume, save_volume
 
@@ -34,6 +34,7 @@ def _torchrun(*args: str, cwd) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
 
 
+@starts_processes
 def test_two_gloo_ranks_write_every_output_once_and_resume(tmp_path):
     (tmp_path / "in").mkdir()
     for n in range(5):
