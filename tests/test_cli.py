@@ -262,6 +262,7 @@ def test_shipped_partdiff_keeps_its_sampler_when_only_steps_are_given():
 def test_sigterm_leaves_nothing_and_exits_143(tmp_path):
     import os
     import signal
+    import threading
     import time
 
     rng = np.random.default_rng(0)
@@ -272,7 +273,12 @@ def test_sigterm_leaves_nothing_and_exits_143(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mrisr", "upsample", str(src), "--plane", "through", "--factor",
                              "6", "--sampler", "ancestral", "--precision", "fp32"], cwd=tmp_path,
                             stderr=subprocess.PIPE, text=True, env=env)
-    plan = proc.stderr.readline()  # printed once the model is loaded, just before sampling starts
+    watchdog = threading.Timer(300, proc.kill)  # never wait forever for the plan line
+    watchdog.start()
+    plan = ""
+    while "96 planes" not in plan and (line := proc.stderr.readline()):
+        plan += line  # the plan is printed once the model is loaded, just before sampling starts
+    watchdog.cancel()
     assert "96 planes" in plan and "-> " in plan, plan
     time.sleep(1)  # sampling under way (the whole run takes minutes)
     assert proc.poll() is None, proc.stderr.read()
