@@ -88,7 +88,8 @@ def main() -> int:
                "--set", f"data.datalist={Path(args.datalist).resolve()}",
                "--set", f"optim.batch_size={args.batch_size}", "--set", f"data.crop={args.crop}",
                "--set", f"data.num_workers={args.workers}", "--set", "optim.warmup_steps=200",
-               "--set", "checkpoint.every=500", "--set", "log.every=50"]
+               "--set", "checkpoint.every=500", "--set", "log.every=50",
+               "--set", "optim.max_steps=60000"]  # the clock ends every run (some configs stop at 400 CPU steps)
         for extra in args.set:
             cmd += ["--set", extra]
         if run.init_from and not (args.out / run.name / "checkpoints").exists():
