@@ -97,32 +97,42 @@ def run_mrisr_subprocess(*args: str, cwd: Path | None = None) -> subprocess.Comp
                           capture_output=True, text=True, timeout=300)
 
 
-def run_mrisr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``mrisr.cli.main`` in this process, as the console script would (exit code, stdout,
-    stderr), from ``cwd``: the same code path as a subprocess without its start-up cost."""
+def run_here(call, name: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``call()`` in this process as an entry point would run it in its own (exit code, stdout,
+    stderr), from ``cwd``: the same code path as a subprocess without its start-up cost. The
+    exit code is ``call``'s return value or its ``SystemExit``'s (argparse's usage errors, a
+    bundle's failed inputs); the working folder, warning filters and the root logger (which a
+    MONAI bundle's logging.conf reconfigures) are put back afterwards."""
     import contextlib
     import io
     import logging
     import warnings
 
-    from mrisr.cli import main
-
     out, err = io.StringIO(), io.StringIO()
-    root_level = logging.getLogger().level
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
     here = os.getcwd()
-    argv = [str(a) for a in args]
     try:
         if cwd is not None:
             os.chdir(cwd)
         with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                code = main(argv)
-            except SystemExit as exc:  # argparse: --help, usage errors
+                code = call()
+            except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     finally:
         os.chdir(here)
-        logging.getLogger().setLevel(root_level)
-    return subprocess.CompletedProcess(["mrisr", *argv], int(code or 0), out.getvalue(), err.getvalue())
+        root.setLevel(level)
+        root.handlers[:] = handlers
+    return subprocess.CompletedProcess(name, int(code or 0), out.getvalue(), err.getvalue())
+
+
+def run_mrisr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``mrisr.cli.main`` in this process, as the console script would (:func:`run_here`)."""
+    from mrisr.cli import main
+
+    argv = [str(a) for a in args]
+    return run_here(lambda: main(argv), ["mrisr", *argv], cwd=cwd)
 
 
 @pytest.fixture

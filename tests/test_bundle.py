@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -19,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import file_digest, needs_prostatex, prostatex_nifti, run_mrisr, starts_processes
+from conftest import file_digest, needs_prostatex, prostatex_nifti, run_here, run_mrisr, starts_processes
 from mrisr.bundle import SCHEMA_PATH, list_inputs
 from mrisr.models import default_model, load_model
 from mrisr.io import load_volume, save_volume
@@ -37,26 +34,14 @@ def run_bundle(bundle: Path, *args: str) -> subprocess.CompletedProcess:
 
 def run_bundle_here(bundle: Path, config: str, **args: Any) -> subprocess.CompletedProcess:
     """``monai.bundle.run`` in this process, from the bundle folder: what ``python -m monai.bundle
-    run`` calls, without a second interpreter's start-up (exit code and stderr). The root logger
-    that the bundle's logging.conf sets up is put back afterwards."""
+    run`` calls, without a second interpreter's start-up (:func:`conftest.run_here`)."""
     from monai.bundle import run
 
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    here, err, code = os.getcwd(), io.StringIO(), 0
-    try:
-        os.chdir(bundle)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-            warnings.simplefilter("ignore")  # MONAI's note on trusting a config's `$` expressions
-            try:
-                run(config_file=str(bundle / "configs" / config), **args)
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        os.chdir(here)
-        root.setLevel(level)
-        root.handlers[:] = handlers
-    return subprocess.CompletedProcess(["monai.bundle.run", config], code, "", err.getvalue())
+    def call() -> None:
+        warnings.simplefilter("ignore")  # MONAI's note on trusting a config's `$` expressions
+        run(config_file=str(bundle / "configs" / config), **args)
+
+    return run_here(call, ["monai.bundle.run", config], cwd=bundle)
 
 
 @pytest.fixture(scope="module")
