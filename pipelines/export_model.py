@@ -11,6 +11,10 @@ replaced in) ``mrisr/weights/registry.json`` with its sha256, which makes it a d
 of ``mrisr upsample`` for the methods named (and the factors named: by default only the one it
 was trained for); ``--sampler`` / ``--steps`` set what ``--method partdiff`` runs when the user
 names neither. OUTPUT must then lie in ``mrisr/weights/``.
+
+Absolute paths in the stored training config (the datalist, ``init_from``) become relative to the
+repository when they lie inside it and their file name otherwise: a shipped model carries no
+path of the machine that trained it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,21 @@ import torch
 
 from mrisr.models import save_model, sha256
 
-REGISTRY = Path(__file__).resolve().parents[1] / "mrisr" / "weights" / "registry.json"
+REPO = Path(__file__).resolve().parents[1]
+REGISTRY = REPO / "mrisr" / "weights" / "registry.json"
+
+
+def portable_paths(value, repo: Path = REPO):
+    """``value`` (a config: dicts, lists, strings) with every absolute path made relative to
+    ``repo`` when inside it, else reduced to its file name."""
+    if isinstance(value, dict):
+        return {k: portable_paths(v, repo) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_paths(v, repo) for v in value]
+    if isinstance(value, str) and Path(value).is_absolute():
+        path = Path(value)
+        return path.relative_to(repo).as_posix() if path.is_relative_to(repo) else path.name
+    return value
 
 
 def main() -> int:
@@ -44,7 +62,7 @@ def main() -> int:
     if not checkpoints:
         sys.exit(f"export_model: no checkpoints in {args.run / 'checkpoints'}")
     blob = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)
-    config = dict(blob["config"])
+    config = portable_paths(dict(blob["config"]))
     config["exported_from_step"] = int(blob["step"])
     path = save_model(args.output, blob["ema"], config, dtype=args.dtype)
     digest = sha256(path)

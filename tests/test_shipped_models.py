@@ -48,6 +48,33 @@ def test_registry_files_checksums_and_size_budget():
             assert config["inferer"]["objective"] == OBJECTIVE[method], (model.name, method)
         assert model.sampler in (None, "ancestral", "ddim")
         assert model.factor in model.factors
+        # no path of the machine that trained it (pipelines/export_model.py makes them portable)
+        absolute = [v for v in _strings(config) if v.startswith("/") or v[1:3] == ":\\"]
+        assert not absolute, f"{model.name} stores absolute paths {absolute}"
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_export_makes_training_paths_portable(tmp_path):
+    import importlib.util
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("export_model", REPO / "pipelines" / "export_model.py")
+    export_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export_model)
+    config = {"training": {"data": {"datalist": str(REPO / ".devdata" / "prostatex.json"), "glob": None},
+                           "init_from": str(tmp_path / "runs" / "old.safetensors"), "name": "x"},
+              "list": ["relative/path.nii.gz", str(REPO / "configs" / "tiny.yaml")], "factor": 4}
+    assert export_model.portable_paths(config) == {
+        "training": {"data": {"datalist": ".devdata/prostatex.json", "glob": None},
+                     "init_from": "old.safetensors", "name": "x"},
+        "list": ["relative/path.nii.gz", "configs/tiny.yaml"], "factor": 4}
 
 
 @pytest.mark.parametrize(("method", "plane", "factor"), REQUIRED)
