@@ -4,8 +4,10 @@ through ``mrisr upsample``'s code path, and score each plane against the real vo
 
 Metrics per plane (normalised units, data range 2 = the reference volume's robust span): PSNR,
 SSIM, the power spectrum above the LR Nyquist frequency relative to the reference's
-(:func:`~mrisr.metrics.spectral_error`), consistency (the output degraded again against the
-input); per run also seconds per plane and per whole volume, network evaluations per plane.
+(:func:`~mrisr.metrics.spectral_error`), the MSE split into the band the input samples and the band
+above it (:func:`~mrisr.metrics.band_errors`, the error budget), consistency (the output degraded
+again against the input); per reference plane its noise level (:func:`~mrisr.metrics.noise_sigma`);
+per run also seconds per plane and per whole volume, network evaluations per plane.
 """
 
 from __future__ import annotations
@@ -20,15 +22,15 @@ from mrisr.degradation import simulate_lowres
 from mrisr.geometry import plan_upsampling
 from mrisr.inference import upsample_volume
 from mrisr.io import Volume
-from mrisr.metrics import psnr, spectral_error, ssim
+from mrisr.metrics import band_errors, noise_sigma, psnr, spectral_error, ssim
 from mrisr.transforms import robust_range
 
 __all__ = ["MethodRun", "method_runs", "matches_run", "VolumeComparison", "compare_on_volume", "gain_spread",
            "METRICS"]
 
 #: what each run records per plane (or per volume for the timings)
-METRICS = ("psnr", "ssim", "consistency_mse", "spectral_high_db", "spectral_low_db", "seconds", "volume_seconds",
-           "network_evaluations")
+METRICS = ("psnr", "ssim", "consistency_mse", "spectral_high_db", "spectral_low_db", "error_low", "error_high",
+           "seconds", "volume_seconds", "network_evaluations")
 
 
 @dataclass
@@ -80,11 +82,14 @@ class VolumeComparison:
         planes: how many planes were scored.
         patches: the central plane of each output, the reference ("HR reference") and the input
             ("LR input", nearest neighbour on the output grid), for Fig. 6-style pictures.
+        noise_sigma: per plane, the reference's estimated white-noise level (normalised units):
+            no method can predict the reference's noise above the input's band.
     """
 
     metrics: dict[str, dict[str, list[float]]]
     planes: int
     patches: dict[str, np.ndarray]
+    noise_sigma: list[float] = field(default_factory=list)
 
 
 def compare_on_volume(hr: Volume, plane: str, factor: int, runs: list[MethodRun], models: dict[str, str | None],
@@ -137,6 +142,9 @@ def compare_on_volume(hr: Volume, plane: str, factor: int, runs: list[MethodRun]
             spectral = spectral_error(e, r, 0.5 / factor, axis=None if plane == "in" else 0)
             m["spectral_high_db"].append(spectral["high_db"])
             m["spectral_low_db"].append(spectral["low_db"])
+            bands = band_errors(e, r, 0.5 / factor, axis=None if plane == "in" else 0)
+            m["error_low"].append(bands["low"])
+            m["error_high"].append(bands["high"])
             m["consistency_mse"].append(float(np.mean((norm.normalise(again_planes[i])
                                                        - norm.normalise(lr_planes[i])) ** 2)))
         m["seconds"].append(seconds / len(keep))
@@ -149,7 +157,8 @@ def compare_on_volume(hr: Volume, plane: str, factor: int, runs: list[MethodRun]
     patches["HR reference"] = ref_planes[len(keep) // 2]
     fy, fx = plan.plane_factors
     patches["LR input"] = np.repeat(np.repeat(lr_planes[len(keep) // 2], fy, axis=0), fx, axis=1)
-    return VolumeComparison(metrics, len(keep), patches)
+    noise = [noise_sigma(norm.normalise(r)) for r in ref_planes]
+    return VolumeComparison(metrics, len(keep), patches, noise)
 
 
 def gain_spread(psnr_by_plane: list[float], bicubic_by_plane: list[float], series_means: dict[str, float],

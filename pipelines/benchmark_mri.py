@@ -21,6 +21,13 @@ blur, positive invented energy; mrisr.metrics.spectral_error), consistency MSE (
 degraded again against the low-resolution input), network
 evaluations, seconds (measured on the slices run, and per whole volume by proportion).
 
+The error budget (the second table): each method's MSE split into the band the low-resolution
+input samples and the band above it (mrisr.metrics.band_errors; through-plane along the
+upsampled axis only), and two reference points for the gain over bicubic, per plane then
+averaged: a method that got the input's band exactly right and kept bicubic's error above it,
+and the noise floor, the reference's own white noise above the input's band (its level from
+mrisr.metrics.noise_sigma), which no method can predict.
+
 Usage:
     python pipelines/benchmark_mri.py --plane in --factor 4 [--datalist configs/prostatex.json]
         [--sr3-model M] [--partdiff-model M] [--regression-model M] [--slices 6] [--crop 0] [--out DIR]
@@ -94,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, list[float]]] = {r.label: {k: [] for k in METRICS} for r in runs}
     patches: dict[str, np.ndarray] = {}
     per_volume: dict[str, dict[str, float]] = {r.label: {} for r in runs}  # mean PSNR of each series
+    noise: list[float] = []  # the reference's noise level per plane
     for entry in entries:
         name = Path(entry.image).name
 
@@ -106,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             for key, v in values.items():
                 results[label][key] += v
             per_volume[label][name] = float(np.mean(values["psnr"]))
+        noise += found.noise_sigma
         if entry is entries[0]:
             patches = found.patches
 
@@ -127,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, m in results.items():
         if base is not None and len(base["psnr"]) == len(m["psnr"]):
             summary["methods"][label] |= gain_spread(m["psnr"], base["psnr"], per_volume[label], per_volume["Bicubic"])
+    budget = error_budget(results, noise, args.plane, factor)
+    summary["error_budget"] = budget
     (out_dir / "benchmark.json").write_text(json.dumps(summary, indent=2) + "\n")
     per = "cropped slice" if args.crop else "slice"
     lines = [f"| method | PSNR dB | gain dB: mean / worst series / worst plane | SSIM | spectrum above LR Nyquist dB | "
@@ -138,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {label} | {m['psnr']:.2f} | {gain} | {m['ssim']:.4f} | {m['spectral_high_db']:+.2f} | "
                      f"{m['consistency_mse']:.2e} | "
                      f"{m['network_evaluations']:.0f} | {m['seconds']:.2f} | {m['volume_seconds']:.0f} |")
+    lines += ["", *budget_table(budget)]
     table = "\n".join(lines)
     (out_dir / "benchmark.md").write_text(table + "\n")
     save_patches(out_dir / "patches.png", patches)
@@ -146,6 +158,52 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nskipped (no model): {', '.join(skipped)}")
     print(f"\nwrote {out_dir / 'benchmark.json'}, {out_dir / 'benchmark.md'}, {out_dir / 'patches.png'}")
     return 0
+
+
+def error_budget(results: dict[str, dict[str, list[float]]], noise: list[float], plane: str,
+                 factor: int) -> dict:
+    """Where each method's error lies, and what the bicubic baseline's error says is left (see
+    the module docstring); MSE in normalised units, gains in dB over bicubic per plane, averaged."""
+    # white noise's share of the frequencies above the input's band
+    above = 1.0 - 1.0 / factor**2 if plane == "in" else 1.0 - 1.0 / factor
+    budget: dict = {"noise_sigma": float(np.mean(noise)) if noise else None, "noise_share_above_band": above,
+                    "methods": {}, "bounds_gain_db": {}}
+    for label, m in results.items():
+        low, high = np.array(m["error_low"]), np.array(m["error_high"])
+        budget["methods"][label] = {"mse": float(np.mean(low + high)), "error_low": float(np.mean(low)),
+                                    "error_high": float(np.mean(high))}
+    base = results.get("Bicubic")
+    if base is not None and base["error_low"] and len(noise) == len(base["error_low"]):
+        b_low, b_high = np.array(base["error_low"]), np.array(base["error_high"])
+        b_total = b_low + b_high
+        for label, m in results.items():
+            if len(m["error_low"]) == len(b_low):
+                budget["methods"][label]["removed_low"] = float(1.0 - np.sum(m["error_low"]) / np.sum(b_low))
+                budget["methods"][label]["removed_high"] = float(1.0 - np.sum(m["error_high"]) / np.sum(b_high))
+        floor = np.maximum(np.square(noise) * above, 1e-12)
+        budget["bounds_gain_db"] = {
+            "input band exact, bicubic above it": float(np.mean(10 * np.log10(b_total / b_high))),
+            "noise floor": float(np.mean(10 * np.log10(b_total / floor))),
+        }
+    return budget
+
+
+def budget_table(budget: dict) -> list[str]:
+    """The error budget as markdown lines."""
+    lines = ["| error budget (MSE x 1e-3, normalised units) | MSE | in the input's band | above it | "
+             "bicubic's error removed: in band / above |", "|---|---|---|---|---|"]
+    for label, m in budget["methods"].items():
+        removed = (f"{100 * m['removed_low']:.0f} % / {100 * m['removed_high']:.0f} %"
+                   if "removed_low" in m else "-")
+        lines.append(f"| {label} | {1e3 * m['mse']:.2f} | {1e3 * m['error_low']:.2f} | {1e3 * m['error_high']:.2f} | "
+                     f"{removed} |")
+    if budget["bounds_gain_db"]:
+        bounds = budget["bounds_gain_db"]
+        lines += ["", f"Gain over bicubic if the input's band were exact and bicubic's error above it stayed: "
+                  f"{bounds['input band exact, bicubic above it']:+.2f} dB; the noise floor (the reference's white "
+                  f"noise above the input's band, sigma {budget['noise_sigma']:.4f}): "
+                  f"{bounds['noise floor']:+.2f} dB."]
+    return lines
 
 
 def save_patches(path: Path, panels: dict[str, np.ndarray], size: int = 96) -> None:

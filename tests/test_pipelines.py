@@ -9,9 +9,10 @@ import json
 import sys
 from types import ModuleType
 
+import numpy as np
 import pytest
 
-from conftest import REPO, needs_prostatex
+from conftest import REPO, make_affine, needs_prostatex
 
 
 def _pipeline(name: str) -> ModuleType:
@@ -38,6 +39,15 @@ def test_benchmark_mri_classical(tmp_path, plane):
     assert 22.0 < bic["psnr"] < 30.0 and 0.5 < bic["ssim"] < 0.9
     assert bsp["psnr"] > bic["psnr"] - 0.5
     assert bic["consistency_mse"] < 0.01 and bic["network_evaluations"] == 0
+    # the error budget: the bands add up to the MSE behind the PSNR, the bounds are above bicubic
+    budget = blob["error_budget"]
+    for label, m in budget["methods"].items():
+        assert m["error_low"] + m["error_high"] == pytest.approx(m["mse"], rel=1e-9)
+    assert budget["methods"]["Bicubic"]["removed_high"] == pytest.approx(0.0, abs=1e-12)
+    assert 10 * np.log10(4 / budget["methods"]["Bicubic"]["mse"]) <= bic["psnr"] + 1e-9  # Jensen: mean of PSNRs
+    bounds = budget["bounds_gain_db"]
+    assert 0 < bounds["input band exact, bicubic above it"] < bounds["noise floor"]
+    assert 0.005 < budget["noise_sigma"] < 0.1
     assert (out / "patches.png").stat().st_size > 1000
 
 
@@ -51,3 +61,45 @@ def test_benchmark_roi_bicubic_box_is_the_whole_volume_inside_it(tmp_path):
     assert rows["bicubic roi"]["psnr_db"] == rows["bicubic whole"]["psnr_db"]  # the same voxels, to the bit
     assert rows["bicubic roi vs whole"] == {"agreement_db": None, "identical": True}
     assert 20.0 < rows["bicubic whole"]["psnr_db"] < 26.0  # 22.3 dB measured (docs/benchmarks.md)
+
+
+def test_linear_baseline_recovers_an_exactly_linear_upsampler(rng):
+    linear = _pipeline("linear_baseline")
+    # through-plane x6: each fine row is one thick row or its lower neighbour (clamped at the end)
+    for plane, factor, radius in (("through", 6, 2), ("in", 4, 1)):
+        def make(n, h=7, w=9):
+            lr = rng.standard_normal((n, h, w))
+            rows = np.minimum(np.arange(h * factor) // factor + (np.arange(h * factor) % factor >= factor // 2), h - 1)
+            hr = lr[:, rows, :]
+            if plane == "in":  # and each fine column its thick column
+                hr = np.repeat(hr, factor, axis=2)
+            return lr, hr
+        weights = linear.fit([make(3), make(2)], plane, factor, radius, ridge=0.0)
+        lr, hr = make(2, 5, 6)
+        np.testing.assert_allclose(linear.apply(weights, lr, plane, factor, radius), hr, atol=1e-9)
+
+
+def test_linear_baseline_fitted_on_a_volume_is_at_least_bicubic_there(tmp_path):
+    """Bicubic x4 (4 x 4 taps, edges clamped) is one of the filters of a radius-2 window, so the
+    least-squares filter fitted on a volume cannot do worse on it; main reports that gain."""
+    from scipy.ndimage import gaussian_filter
+
+    from mrisr.io import Volume, save_volume
+
+    linear = _pipeline("linear_baseline")
+    data = gaussian_filter(np.random.default_rng(5).standard_normal((48, 40, 3)), (1.5, 1.5, 0)) * 100 + 400
+    image = tmp_path / "vol.nii.gz"
+    save_volume(Volume(data.astype(np.float32), make_affine(spacing=(0.6, 0.6, 3.0))), image)
+    lr, hr, bicubic = linear.volume_pairs(str(image), "in", 4)
+    assert lr.shape == (3, 12, 10) and hr.shape == bicubic.shape == (3, 48, 40)
+    weights = linear.fit([(lr, hr)], "in", 4, 2)
+    fitted = linear.apply(weights, lr, "in", 4, 2)
+    assert np.mean((fitted - hr) ** 2) <= np.mean((bicubic - hr) ** 2) * (1 + 1e-6)
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps({"training": [{"image": str(image)}], "validation": [{"image": str(image)}]}))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert linear.main(["--plane", "in", "--radius", "2", "--datalist", str(datalist),
+                            "--json", str(tmp_path / "out.json")]) == 0
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert report["taps"] == 26 and report["series"]["vol.nii.gz"]["planes"] == 3
+    assert report["gain_db"] > 0
