@@ -4,7 +4,9 @@ For evenly spaced whole planes of each validation series (degraded as the benchm
 them), one table of PSNR / SSIM / spectral error (above the LR Nyquist frequency) and the gain
 over bicubic for:
 
-* regression (one pass);
+* regression (one pass), and the mean of its outputs over the plane's symmetries that the
+  degradation shares (test-time augmentation: through-plane the 4 flips of rows and columns,
+  in-plane also the transposes, 8 in all);
 * PartDiff DDIM 4 from the model's K, with the sampling guard (default) and without it;
 * the mean of N = 2 and 4 DDIM samples (different noise at step K);
 * PartDiff DDIM from the diffused *regression output* at K = 5, 10, 15 instead of the diffused
@@ -13,6 +15,7 @@ over bicubic for:
 Usage:
     python pipelines/sampling_study.py --plane in --factor 4 --partdiff-model M --regression-model M
         [--planes-per-series 3] [--datalist configs/prostatex.json] [--device auto] [--out DIR]
+        [--regression-only]
 """
 
 from __future__ import annotations
@@ -36,6 +39,27 @@ from mrisr.transforms import plane_degradation
 REPO = Path(__file__).resolve().parents[1]
 
 
+def symmetries(kind: str) -> list[tuple[bool, bool, bool]]:
+    """(flip rows, flip columns, transpose) for every symmetry of the plane that the degradation
+    shares: through-plane the 4 flips (six thick rows per block, blocks aligned with the plane's
+    ends); in-plane also the transposes (the same factor along both axes)."""
+    flips = [(fy, fx, False) for fy in (False, True) for fx in (False, True)]
+    return flips + [(fy, fx, True) for fy, fx, _ in flips] if kind == "in" else flips
+
+
+def symmetric_mean(run, image: torch.Tensor, kind: str) -> torch.Tensor:
+    """The mean of ``run`` over :func:`symmetries`, each output mapped back."""
+    outs = []
+    for fy, fx, tr in symmetries(kind):
+        x = image.flip(-2) if fy else image
+        x = x.flip(-1) if fx else x
+        y = run(x.transpose(-1, -2) if tr else x)
+        y = y.transpose(-1, -2) if tr else y
+        y = y.flip(-1) if fx else y
+        outs.append(y.flip(-2) if fy else y)
+    return torch.stack(outs).mean(0)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plane", choices=["in", "through"], default="in")
@@ -46,6 +70,7 @@ def main() -> int:
     parser.add_argument("--datalist", default=str(REPO / "configs" / "prostatex.json"))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("sampling_study"))
+    parser.add_argument("--regression-only", action="store_true", help="only bicubic and the regression rows")
     args = parser.parse_args()
     factor = args.factor or (4 if args.plane == "in" else 6)
     device = resolve_device(args.device)
@@ -80,6 +105,12 @@ def main() -> int:
         score("Bicubic", cond, hr)
         regression = reg.inferer.sample(cond, reg.network, method="regression")
         score("Regression", regression, hr)
+        score(f"Regression, mean over {len(symmetries(kind))} flips"
+              + (" and transposes" if kind == "in" else ""),
+              symmetric_mean(lambda c: reg.inferer.sample(c, reg.network, method="regression"), cond, kind), hr)
+        if args.regression_only:
+            print(f"plane {n + 1}/{len(picks)} done", file=sys.stderr, flush=True)
+            continue
         samples = [pd.inferer.sample(cond, pd.network, sampler="ddim", steps=4, generators=gens(s)) for s in range(4)]
         score("PartDiff DDIM 4 (guarded, the default)", samples[0], hr)
         score("PartDiff DDIM 4, mean of 2 samples", torch.stack(samples[:2]).mean(0), hr)
@@ -105,7 +136,8 @@ def main() -> int:
     meta = {"date": date.today().isoformat(), "command": "python " + " ".join(sys.argv), "device": str(device),
             "planes": len(picks), "partdiff_k": pd.inferer.k}
     (args.out / "sampling_study.json").write_text(json.dumps({**meta, "methods": summary}, indent=2) + "\n")
-    lines = ["| method | PSNR dB | gain dB mean / worst plane | SSIM | spectrum above LR Nyquist dB |", "|---|---|---|---|---|"]
+    lines = ["| method | PSNR dB | gain dB mean / worst plane | SSIM | spectrum above LR Nyquist dB |",
+             "|---|---|---|---|---|"]
     for label, m in summary.items():
         lines.append(f"| {label} | {m['psnr']:.2f} | {m['gain_db']:+.2f} / {m['gain_worst_plane_db']:+.2f} | "
                      f"{m['ssim']:.4f} | {m['spectral_high_db']:+.2f} |")

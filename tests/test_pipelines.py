@@ -103,3 +103,21 @@ def test_linear_baseline_fitted_on_a_volume_is_at_least_bicubic_there(tmp_path):
     report = json.loads((tmp_path / "out.json").read_text())
     assert report["taps"] == 26 and report["series"]["vol.nii.gz"]["planes"] == 3
     assert report["gain_db"] > 0
+
+
+def test_symmetric_mean_keeps_equivariant_maps_and_cancels_what_breaks_the_symmetry(rng):
+    import torch
+
+    study = _pipeline("sampling_study")
+    assert len(set(study.symmetries("through"))) == 4 and len(set(study.symmetries("in"))) == 8
+    image = torch.from_numpy(rng.standard_normal((1, 1, 12, 12)))
+    # an equivariant map (pointwise) comes back unchanged
+    torch.testing.assert_close(study.symmetric_mean(torch.tanh, image, "in"), torch.tanh(image))
+    # a bias odd along rows and columns (antisymmetric ramps) averages out exactly
+    ramp = torch.linspace(-1, 1, 12, dtype=torch.float64)
+    biased = lambda x: x + ramp[:, None] + 0.5 * ramp[None, :]  # noqa: E731
+    for kind in ("in", "through"):
+        torch.testing.assert_close(study.symmetric_mean(biased, image, kind), image)
+    # an even bias survives: the mean cannot remove what every orientation agrees on
+    even = lambda x: x + ramp[:, None] ** 2  # noqa: E731
+    torch.testing.assert_close(study.symmetric_mean(even, image, "through"), image + ramp[:, None] ** 2)
