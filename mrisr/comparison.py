@@ -113,6 +113,8 @@ def compare_on_volume(hr: Volume, plane: str, factor: int, runs: list[MethodRun]
     # whole-volume time: per-plane time scaled by voxels (a convolutional network's cost is
     # proportional to them; exact without crop)
     to_whole = whole_voxels / int(np.prod(hr.shape)) * n
+    # the plane's axis along which the input was degraded (through-plane; in-plane: both)
+    band_axis = None if plane == "in" else [a for a in range(3) if a != stack].index(axis)
     keep = np.arange(n) if not slices or slices >= n else np.linspace(n * 0.3, n * 0.7, slices).round().astype(int)
     keep = np.unique(keep)
     sub_lr = lr.with_data(np.take(lr.data, keep, axis=stack), lr.affine)
@@ -138,11 +140,10 @@ def compare_on_volume(hr: Volume, plane: str, factor: int, runs: list[MethodRun]
             e, r = norm.normalise(est[i]), norm.normalise(ref_planes[i])
             m["psnr"].append(psnr(e, r, 2.0))
             m["ssim"].append(ssim(e, r, 2.0))
-            # through-plane: rows (the plane's first axis) are the upsampled slice axis
-            spectral = spectral_error(e, r, 0.5 / factor, axis=None if plane == "in" else 0)
+            spectral = spectral_error(e, r, 0.5 / factor, axis=band_axis)
             m["spectral_high_db"].append(spectral["high_db"])
             m["spectral_low_db"].append(spectral["low_db"])
-            bands = band_errors(e, r, 0.5 / factor, axis=None if plane == "in" else 0)
+            bands = band_errors(e, r, 0.5 / factor, axis=band_axis)
             m["error_low"].append(bands["low"])
             m["error_high"].append(bands["high"])
             m["consistency_mse"].append(float(np.mean((norm.normalise(again_planes[i])
