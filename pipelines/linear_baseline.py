@@ -5,8 +5,8 @@ non-linear prior (docs/ablations.md, issue #9).
 Each output phase (in-plane x F: F x F sub-pixel positions; through-plane x F: F row positions)
 gets its own filter over a window of the low-resolution input (in-plane a (2R+1) x (2R+1)
 window; through-plane 2R+1 thick rows x 3 columns) plus a constant, fitted on every plane of
-the training series (degraded exactly as ``pipelines/benchmark_mri.py`` degrades them,
-normalised per volume as the models are) and scored on every plane of the validation series
+the training series (the planes, normalisation and degradation that training and validation
+use) and scored on every plane of the validation series
 against bicubic: gain in dB, mean and worst plane, per series.
 
 Usage:
@@ -27,26 +27,25 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def volume_pairs(image: str, plane: str, factor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(lr, hr, bicubic)`` planes of one volume, ``(N, h, w)`` / ``(N, H, W)``, normalised as the
-    models see them (robust range of the reference); through-plane the rows are the thick axis."""
-    from mrisr.degradation import simulate_lowres
-    from mrisr.geometry import plan_upsampling
-    from mrisr.inference import upsample_volume
-    from mrisr.io import load_volume
-    from mrisr.transforms import robust_range
+def plane_pairs(entries: list, plane: str, factor: int) -> dict[str, list[tuple[np.ndarray, ...]]]:
+    """Per volume, ``(lr, hr, bicubic)`` for each of its planes, ``(1, h, w)`` / ``(1, H, W)``
+    float64: the planes, normalisation and degradation that training and validation use
+    (:class:`mrisr.data.PlaneBank`, :func:`mrisr.transforms.plane_degradation`; through-plane the
+    rows are the superior-inferior axis)."""
+    import torch
 
-    hr = load_volume(image)
-    lr, axis = simulate_lowres(hr, plane, factor)
-    plan = plan_upsampling(lr.shape, lr.affine, plane, factor, axis)
-    ref = hr.data[tuple(slice(0, n) for n in plan.output_shape)]
-    norm = robust_range(ref)
-    bicubic = upsample_volume(lr, plane, factor, axis=axis, method="bicubic", device="cpu").volume.data
-    stack = plan.stack_axis
-    out = [np.moveaxis(norm.normalise(a), stack, 0).astype(np.float64) for a in (lr.data, ref, bicubic)]
-    if plane == "through" and out[1].shape[1] != out[0].shape[1] * factor:
-        out = [np.swapaxes(a, 1, 2) for a in out]  # rows = the thick (superior-inferior) axis
-    return out[0], out[1], out[2]
+    from mrisr.data import PlaneBank
+    from mrisr.transforms import ROBUST_PERCENTILES, plane_degradation
+
+    bank = PlaneBank(entries, plane, *ROBUST_PERCENTILES)
+    degrade, (fh, fw) = plane_degradation(plane, factor)
+    out: dict[str, list[tuple[np.ndarray, ...]]] = {}
+    for image, source in zip(bank.planes, bank.sources):
+        h, w = image.shape[0] // fh * fh, image.shape[1] // fw * fw
+        hr = torch.from_numpy(np.ascontiguousarray(image[:h, :w]))[None, None].float()
+        arrays = (degrade.lowres(hr), hr, degrade(hr))
+        out.setdefault(source, []).append(tuple(a[0].double().numpy() for a in arrays))
+    return out
 
 
 def features(lr: np.ndarray, plane: str, radius: int) -> np.ndarray:
@@ -118,21 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     train, val = load_datalist(args.datalist)
     if args.plane == "through":
         train, val = ([e for e in entries if e.plane in (None, "cor", "sag")] for entries in (train, val))
-    pairs = [volume_pairs(e.image, args.plane, factor)[:2] for e in train]
-    weights = fit(pairs, args.plane, factor, radius)
+    weights = fit([(lr, hr) for planes in plane_pairs(train, args.plane, factor).values() for lr, hr, _ in planes],
+                  args.plane, factor, radius)
     command = " ".join(["python", "pipelines/linear_baseline.py", *(sys.argv[1:] if argv is None else argv)])
     report: dict = {"date": date.today().isoformat(), "command": command, "plane": args.plane, "factor": factor,
                     "radius": radius, "taps": int(next(iter(weights.values())).size),
                     "training": [e.image for e in train], "series": {}}
     gains: list[float] = []
-    for entry in val:
-        lr, hr, bicubic = volume_pairs(entry.image, args.plane, factor)
-        out = apply(weights, lr, args.plane, factor, radius)
-        g = [psnr(out[i], hr[i], 2.0) - psnr(bicubic[i], hr[i], 2.0) for i in range(len(hr))]
+    for source, planes in plane_pairs(val, args.plane, factor).items():
+        g = [psnr(apply(weights, lr, args.plane, factor, radius)[0], hr[0], 2.0) - psnr(bic[0], hr[0], 2.0)
+             for lr, hr, bic in planes]
         gains += g
-        report["series"][Path(entry.image).name] = {"gain_db": float(np.mean(g)), "worst_plane_db": float(np.min(g)),
-                                                    "planes": len(g)}
-        print(f"{Path(entry.image).name}: learned linear filter {np.mean(g):+.2f} dB over bicubic "
+        report["series"][Path(source).name] = {"gain_db": float(np.mean(g)), "worst_plane_db": float(np.min(g)),
+                                               "planes": len(g)}
+        print(f"{Path(source).name}: learned linear filter {np.mean(g):+.2f} dB over bicubic "
               f"(worst plane {np.min(g):+.2f}, {len(g)} planes)")
     report["gain_db"] = float(np.mean(gains))
     report["worst_series_db"] = min(s["gain_db"] for s in report["series"].values())

@@ -93,7 +93,10 @@ def test_linear_baseline_fitted_on_a_volume_is_at_least_bicubic_there(tmp_path):
     data = gaussian_filter(np.random.default_rng(5).standard_normal((48, 40, 3)), (1.5, 1.5, 0)) * 100 + 400
     image = tmp_path / "vol.nii.gz"
     save_volume(Volume(data.astype(np.float32), make_affine(spacing=(0.6, 0.6, 3.0))), image)
-    lr, hr, bicubic = linear.volume_pairs(str(image), "in", 4)
+    from mrisr.data import DataEntry
+
+    planes = linear.plane_pairs([DataEntry(str(image), "p")], "in", 4)[str(image)]
+    lr, hr, bicubic = (np.concatenate(a) for a in zip(*planes))
     assert lr.shape == (3, 12, 10) and hr.shape == bicubic.shape == (3, 48, 40)
     weights = linear.fit([(lr, hr)], "in", 4, 2)
     fitted = linear.apply(weights, lr, "in", 4, 2)
