@@ -60,13 +60,13 @@ _PARTIAL = ".mrisr-partial-"
 def _resolve_model(model: str | None, method: str | None, plane: str | None, factor: int | None
                    ) -> tuple[Path, Any]:
     """(file, its ShippedModel or None) for a registry name, a path, or the default model."""
-    from mrisr.models import default_model, shipped_models
+    from mrisr.models import auto_method, default_model, shipped_models
 
     shipped = shipped_models()
     if model is None:
         if plane is None or factor is None:
             raise ConfigError("name a model (--model NAME or PATH) or give --plane and --factor")
-        entry = default_model(method or "partdiff", plane, factor)
+        entry = default_model(method or auto_method(plane, factor), plane, factor)
         return entry.path, entry
     by_name = {m.name: m for m in shipped}
     if model in by_name:

@@ -90,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--factor", required=True, help="integer upsampling factor >= 2")
     up.add_argument("--axis", help="slice axis 0, 1 or 2 (default: the axis with the largest spacing)")
     up.add_argument("--series", help="SeriesInstanceUID when the DICOM folder holds several series")
-    up.add_argument("--method", default="partdiff",
-                    help="partdiff (default), sr3, regression (shipped models, or your own --model), "
+    up.add_argument("--method", default="auto",
+                    help="auto (default: the most accurate shipped model for the plane and factor, regression "
+                    "where one ships; your --model's own objective; partdiff when a diffusion option such as "
+                    "--samples, --sampler or --k is given), partdiff (the paper's method), sr3, regression, "
                     "bicubic, bspline")
     up.add_argument("--model", help="trained model (.safetensors, or a .pt checkpoint of mrisr train); "
                     "default: the shipped model for the plane and factor (see docs/models.md)")
@@ -226,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     bu.add_argument("--model", help="a shipped model's registry name (mrisr/weights/registry.json) or a "
                     ".safetensors file of mrisr train; default: the shipped model of --method/--plane/--factor")
     bu.add_argument("--method", choices=["partdiff", "sr3", "regression"],
-                    help="what the bundle runs (default: what the model serves; partdiff for --plane/--factor)")
+                    help="what the bundle runs (default: what the model serves; for --plane/--factor the model "
+                    "mrisr upsample runs by default, regression where one ships)")
     bu.add_argument("--plane", choices=["in", "through"], help="with --factor, chooses the shipped model")
     bu.add_argument("--factor", help="with --plane, chooses the shipped model")
     bu.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
@@ -300,6 +303,12 @@ def _upsample_options(args: argparse.Namespace) -> dict[str, Any]:
 
     from mrisr.inference import get_method, resolve_device
 
+    if args.method == "auto":
+        from mrisr.models import auto_method
+
+        diffusion = options["samples"] > 1 or any(v is not None for v in (
+            args.sampler, args.steps, args.k, args.evaluations, args.start, args.start_model))
+        args.method = auto_method(args.plane, options["factor"], model=args.model, diffusion=diffusion)
     get_method(args.method)
     resolve_device(args.device)
     return options
@@ -345,7 +354,8 @@ def _announce(args: argparse.Namespace, name: str, out: Path) -> Any:
         if info.get("model_name"):
             what += f" ({info['model_name']}"
             what += f", {info['sampler']} sampler" if info.get("sampler") else ""
-            what += f", {info['evaluations']} network evaluations per plane)" if info.get("evaluations") else ")"
+            n = info.get("evaluations")
+            what += f", {n} network evaluation{'s' if n != 1 else ''} per plane)" if n else ")"
         region = ""
         if info.get("roi"):
             region = " (region " + ",".join(f"{lo}:{hi}" for lo, hi in info["roi"]) + ")"

@@ -17,9 +17,9 @@ from mrisr.errors import ConfigError, InputError
 from mrisr.metrics import psnr
 from mrisr.inference import upsample_volume
 from mrisr.io import Volume, load_volume, save_volume
-from mrisr.models import default_model, load_model, sha256, shipped_models
+from mrisr.models import AUTO_PREFERENCE, auto_method, default_model, load_model, sha256, shipped_models
 
-from conftest import file_digest, make_affine, needs_prostatex, prostatex_nifti, run_mrisr
+from conftest import file_digest, make_affine, needs_prostatex, prostatex_nifti, run_mrisr, starts_processes
 
 MODELS = shipped_models()
 # what the project promises out of the box (README, docs/models.md)
@@ -113,19 +113,66 @@ def _thick_coronal(size: int, planes: int):
     return hr, thick_slice_volume(hr, 1, 6)
 
 
+@pytest.mark.parametrize("plane, factor", sorted({(m.plane, f) for m in MODELS for f in m.factors}))
+def test_auto_runs_the_most_accurate_shipped_model(plane, factor):
+    """``--method auto`` (the default) prefers regression because it is measured best: the
+    registry's held-out gains must agree with the preference order wherever it ships."""
+    chosen = auto_method(plane, factor)
+    gains = {method: m.eval_metrics["psnr_gain_over_bicubic_db_mean"]
+             for m in MODELS if m.plane == plane and factor in m.factors for method in m.methods}
+    assert chosen == next(m for m in AUTO_PREFERENCE if m in gains)
+    assert gains[chosen] == max(gains.values()), gains
+    assert auto_method(plane, factor, diffusion=True) == "partdiff"  # --samples 4, --k, --sampler, ...
+    for method in ("regression", "partdiff"):  # your own model: its own objective, whatever ships
+        assert auto_method(plane, factor, model=default_model(method, plane, factor).path) == method
+
+
+def test_auto_without_a_model_for_the_combination_is_reported_after_the_input(tmp_path):
+    """Nothing ships for in-plane x3: a missing input is still the first thing said, then what ships."""
+    assert auto_method("in", 3) == "partdiff"
+    missing = run_mrisr("upsample", tmp_path / "nope.nii.gz", "--plane", "in", "--factor", "3", cwd=tmp_path)
+    assert missing.returncode == 2 and "input not found" in missing.stderr
+    src = tmp_path / "v.nii.gz"
+    save_volume(Volume(np.ones((8, 8, 4), np.float32), make_affine(spacing=(1.0, 1.0, 1.0))), src)
+    result = run_mrisr("upsample", src, "--plane", "in", "--factor", "3", cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "no default partdiff model ships for --plane in --factor 3" in result.stderr
+    assert "--method regression --plane in --factor 4" in result.stderr and not list(tmp_path.glob("*_sr*"))
+
+
+@starts_processes
+def test_cli_auto_follows_diffusion_options_and_the_models_objective(tmp_path):
+    src = tmp_path / "scan.nii.gz"
+    save_volume(Volume(np.random.default_rng(0).uniform(0, 1000, (12, 12, 3)).astype(np.float32),
+                       make_affine(spacing=(0.6, 0.6, 3.6))), src)
+    runs = {"k": (["--k", "10"], "partdiff"), "samples": (["--samples", "2"], "partdiff"),
+            "own_model": (["--model", str(default_model("regression", "through", 6).path)], "regression"),
+            "own_partdiff_model": (["--model", str(default_model("partdiff", "through", 6).path)], "partdiff")}
+    for name, (extra, method) in runs.items():
+        result = run_mrisr("upsample", src, "--plane", "through", "--factor", "6", *extra, "-o", f"{name}.nii.gz",
+                           "--report", f"{name}.json", "--quiet", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert json.loads((tmp_path / f"{name}.json").read_text())["method"] == method, name
+
+
 @needs_prostatex
-def test_default_cli_run_is_partdiff_through_x6_and_beats_bicubic(tmp_path):
+@starts_processes
+@pytest.mark.parametrize("method", ["auto", "partdiff"])
+def test_default_cli_run_through_x6_beats_bicubic(tmp_path, method):
+    """The headline command at its defaults (regression) and with the paper's method."""
     hr, thick = _thick_coronal(120, 3)
     src = tmp_path / "thick.nii.gz"
     save_volume(thick, src)
     before = file_digest(src)
-    result = run_mrisr("upsample", src, "--plane", "through", "--factor", "6", "--report", "r.json", "--quiet",
-                       cwd=tmp_path)
+    extra = [] if method == "auto" else ["--method", method]
+    result = run_mrisr("upsample", src, "--plane", "through", "--factor", "6", *extra, "--report", "r.json",
+                       "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "r.json").read_text())
-    entry = default_model("partdiff", "through", 6)
-    assert report["method"] == "partdiff" and report["model"] == str(entry.path)
-    assert report["sampler"] == (entry.sampler or "ancestral")
+    ran = "regression" if method == "auto" else method
+    entry = default_model(ran, "through", 6)
+    assert report["method"] == ran and report["model"] == str(entry.path)
+    assert report["sampler"] == (None if ran == "regression" else entry.sampler or "ancestral")
     up = load_volume(tmp_path / "thick_sr.nii.gz")
     # the cell-centred output grid is the original grid
     assert up.shape == hr.shape
@@ -133,7 +180,7 @@ def test_default_cli_run_is_partdiff_through_x6_and_beats_bicubic(tmp_path):
     bic = upsample_volume(thick, "through", 6, method="bicubic").volume
     span = float(np.percentile(hr.data, 99.5) - np.percentile(hr.data, 0.5))
     gain = psnr(up.data, hr.data, span) - psnr(bic.data, hr.data, span)
-    assert gain > 0.3, f"PartDiff x6 through-plane only {gain:+.2f} dB over bicubic"
+    assert gain > (0.5 if ran == "regression" else 0.3), f"{ran} x6 through-plane only {gain:+.2f} dB over bicubic"
     assert file_digest(src) == before
 
 

@@ -349,10 +349,12 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     if box is not None:
         extras["roi"] = {"voxels": [list(b) for b in box], "context_voxels": ROI_CONTEXT}
     if spec.learned:
-        extras.update({"sampler": getattr(upsampler, "sampler", None), "steps": getattr(upsampler, "steps_run", None),
-                       "k": getattr(upsampler, "k", None),
+        diffusion = method != "regression"  # one network pass: no sampler, start step or seed
+        extras.update({"sampler": getattr(upsampler, "sampler", None) if diffusion else None,
+                       "steps": getattr(upsampler, "steps_run", None),
+                       "k": getattr(upsampler, "k", None) if diffusion else None,
                        "start": "regression" if getattr(upsampler, "start_model", None) is not None else None,
-                       "seed": seed, "samples": samples,
+                       "seed": seed if diffusion else None, "samples": samples,
                        "model": str(upsampler.model.path),  # type: ignore[attr-defined]
                        "model_name": getattr(upsampler, "model_name", None),
                        "model_sha256": getattr(upsampler, "model_sha256", None),
