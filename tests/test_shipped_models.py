@@ -4,6 +4,7 @@ method / plane / factor, and their quality on the held-out patient (ProstateX-02
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -150,9 +151,13 @@ def test_cli_auto_follows_diffusion_options_and_the_models_objective(tmp_path):
             "own_partdiff_model": (["--model", str(default_model("partdiff", "through", 6).path)], "partdiff")}
     for name, (extra, method) in runs.items():
         result = run_mrisr("upsample", src, "--plane", "through", "--factor", "6", *extra, "-o", f"{name}.nii.gz",
-                           "--report", f"{name}.json", "--quiet", cwd=tmp_path)
+                           "--report", f"{name}.json", "--batch-size", "4", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert json.loads((tmp_path / f"{name}.json").read_text())["method"] == method, name
+        # said at once, before any plane: what runs; after the first batch: how long it all takes
+        assert result.stderr.startswith(f"mrisr: scan.nii.gz: 12 x 12 x 3 voxels of 0.6 x 0.6 x 3.6 mm -> 12 x 12 x 18 "
+                                        f"of 0.6 x 0.6 x 0.6 mm, 12 planes, {method} ("), result.stderr
+        assert re.search(r"mrisr: first batch of 4 planes in [\d.]+ s: about \d+ s for all 12 planes", result.stderr)
 
 
 @needs_prostatex

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,6 +133,13 @@ def _warn_outside_training_spacing(plan: UpsamplingPlan, trained: tuple[float, f
         shown = " x ".join(f"{s:.3g}" for s in spacing)
         logger.warning("this model was trained for inputs of %.3g-%.3g mm along the upsampled axes; this one has %s "
                        "mm, so expect invented texture or little gain (docs/models.md)", lo, hi, shown)
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3.5 min`` or ``1.2 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _provenance(volume: Volume, method: str, plane: str, factor: int, extras: dict[str, Any]) -> dict[str, Any]:
@@ -310,6 +318,7 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     m2 = np.zeros(out_shape, np.float64) if samples > 1 else None
     desc = f"{method} x{factor} {plane}-plane" + (f", {samples} samples" if samples > 1 else "")
     first_plane = context[plan.stack_axis][0] if context is not None else 0  # seeds follow the whole volume
+    batches = -(-plan.n_planes // batch_size) * samples
     with tqdm(total=plan.n_planes * samples, desc=desc, unit="plane", disable=not progress, delay=1.0,
               leave=False) as bar:
         for lo in range(0, plan.n_planes, batch_size):
@@ -328,6 +337,11 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
                 if m2 is not None:
                     m2[lo:lo + len(batch)] += delta * (up - mean[lo:lo + len(batch)])
                 bar.update(len(batch))
+                if progress and spec.learned and lo == 0 and s == 0 and batches > 1:
+                    took = time.perf_counter() - start
+                    bar.write(f"mrisr: first batch of {len(batch)} planes in {took:.1f} s: about "
+                              f"{_duration(took * batches)} for all {plan.n_planes} planes"
+                              + (f" x {samples} samples" if samples > 1 else ""), file=sys.stderr)
     if intensity is not None:
         mean = intensity.denormalise(mean)
     clipped = bool(clip) and volume.data.size > 0 and float(volume.data.min()) >= 0.0
