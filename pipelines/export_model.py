@@ -12,6 +12,11 @@ of ``mrisr upsample`` for the methods named (and the factors named: by default o
 was trained for); ``--sampler`` / ``--steps`` set what ``--method partdiff`` runs when the user
 names neither. OUTPUT must then lie in ``mrisr/weights/``.
 
+``--eval-from-validation`` stores the run's validation at the exported step (every whole plane of
+the held-out patient, ``validation.csv``) as the entry's ``eval_metrics``; otherwise a replaced
+entry keeps its ``eval_metrics``. A replaced entry keeps its place in the registry and, unless
+the model's config has its own, its ``input_spacing_mm``.
+
 Absolute paths in the stored training config (the datalist, ``init_from``) become relative to the
 repository when they lie inside it and their file name otherwise: a shipped model carries no
 path of the machine that trained it.
@@ -45,6 +50,36 @@ def portable_paths(value, repo: Path = REPO):
     return value
 
 
+PROTOCOL = "every whole plane of ProstateX-0218 (held out), benchmark degradation, docs/models.md"
+
+
+def eval_metrics_from_validation(run: Path, step: int) -> dict:
+    """The run's validation row of ``step`` (``validation.csv`` of ``mrisr train``) in the
+    registry's ``eval_metrics`` layout."""
+    import csv
+
+    path = run / "validation.csv"
+    rows = [r for r in csv.DictReader(path.open())] if path.is_file() else []
+    row = next((r for r in rows if int(r["step"]) == step), None)
+    if row is None:
+        sys.exit(f"export_model: {path} has no validation at step {step} (validate at the step you export)")
+    return {"psnr_db": round(float(row["psnr"]), 2), "psnr_gain_over_bicubic_db_mean": round(float(row["gain_db"]), 2),
+            "psnr_gain_over_bicubic_db_worst_series": round(float(row["gain_worst_series_db"]), 2),
+            "ssim": round(float(row["ssim"]), 3), "ssim_bicubic": round(float(row["ssim_bicubic"]), 3),
+            "protocol": PROTOCOL}
+
+
+def replace_entry(models: list[dict], entry: dict) -> list[dict]:
+    """``models`` with ``entry`` in place of the one of the same name (same position, its
+    ``eval_metrics`` and ``input_spacing_mm`` kept where ``entry`` has none), or appended."""
+    names = [m["name"] for m in models]
+    if entry["name"] not in names:
+        return models + [entry]
+    old = models[names.index(entry["name"])]
+    merged = {**entry, **{k: old[k] for k in ("eval_metrics", "input_spacing_mm") if not entry.get(k) and k in old}}
+    return [merged if m["name"] == entry["name"] else m for m in models]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
@@ -56,6 +91,8 @@ def main() -> int:
     parser.add_argument("--sampler", choices=["ancestral", "ddim"], help="default sampler of --method partdiff")
     parser.add_argument("--steps", type=int, help="default --steps of --method partdiff")
     parser.add_argument("--description", default="")
+    parser.add_argument("--eval-from-validation", action="store_true",
+                        help="store the run's validation at the exported step as eval_metrics")
     args = parser.parse_args()
 
     checkpoints = sorted((args.run / "checkpoints").glob("step_*.pt"))
@@ -79,7 +116,11 @@ def main() -> int:
                  "steps": args.steps,
                  "objective": config["inferer"]["objective"], "step": int(blob["step"]),
                  "description": args.description}
-        registry["models"] = [m for m in registry["models"] if m["name"] != args.register] + [entry]
+        if args.eval_from_validation:
+            entry["eval_metrics"] = eval_metrics_from_validation(args.run, int(blob["step"]))
+        if config.get("input_spacing_mm"):
+            entry["input_spacing_mm"] = config["input_spacing_mm"]
+        registry["models"] = replace_entry(registry["models"], entry)
         tmp = REGISTRY.with_suffix(".tmp")
         tmp.write_text(json.dumps(registry, indent=2) + "\n")
         tmp.replace(REGISTRY)

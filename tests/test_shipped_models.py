@@ -62,13 +62,42 @@ def _strings(value):
     return [value] if isinstance(value, str) else []
 
 
-def test_export_makes_training_paths_portable(tmp_path):
+def _export_model():
     import importlib.util
     from conftest import REPO
 
     spec = importlib.util.spec_from_file_location("export_model", REPO / "pipelines" / "export_model.py")
-    export_model = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(export_model)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_replaces_an_entry_in_place_with_the_runs_validation(tmp_path):
+    export_model = _export_model()
+    (tmp_path / "validation.csv").write_text(
+        "step,psnr,ssim,psnr_bicubic,ssim_bicubic,gain_db,gain_worst_plane_db,gain_worst_series_db,planes,"
+        "network_evaluations\n400,26.2918,0.72778,25.1478,0.66575,1.14398,0.6160,1.03501,62,1\n"
+        "800,26.3500,0.72900,25.1478,0.66575,1.20222,0.6200,1.10000,62,1\n")
+    metrics = export_model.eval_metrics_from_validation(tmp_path, 400)
+    assert metrics == {"psnr_db": 26.29, "psnr_gain_over_bicubic_db_mean": 1.14,
+                       "psnr_gain_over_bicubic_db_worst_series": 1.04, "ssim": 0.728, "ssim_bicubic": 0.666,
+                       "protocol": export_model.PROTOCOL}
+    with pytest.raises(SystemExit, match="no validation at step 500"):
+        export_model.eval_metrics_from_validation(tmp_path, 500)
+    models = [{"name": "a", "sha256": "1", "eval_metrics": {"psnr_db": 1.0}, "input_spacing_mm": [2.0, 2.4]},
+              {"name": "b", "sha256": "2"}]
+    kept = export_model.replace_entry(models, {"name": "a", "sha256": "3"})
+    assert [m["name"] for m in kept] == ["a", "b"] and kept[0] == {
+        "name": "a", "sha256": "3", "eval_metrics": {"psnr_db": 1.0}, "input_spacing_mm": [2.0, 2.4]}
+    new = export_model.replace_entry(models, {"name": "a", "sha256": "4", "eval_metrics": metrics})
+    assert new[0]["eval_metrics"] == metrics and new[0]["input_spacing_mm"] == [2.0, 2.4]
+    assert [m["name"] for m in export_model.replace_entry(models, {"name": "c"})] == ["a", "b", "c"]
+
+
+def test_export_makes_training_paths_portable(tmp_path):
+    from conftest import REPO
+
+    export_model = _export_model()
     config = {"training": {"data": {"datalist": str(REPO / ".devdata" / "prostatex.json"), "glob": None},
                            "init_from": str(tmp_path / "runs" / "old.safetensors"), "name": "x"},
               "list": ["relative/path.nii.gz", str(REPO / "configs" / "tiny.yaml")], "factor": 4}
