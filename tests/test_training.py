@@ -163,7 +163,7 @@ def test_skip_bad_keeps_the_good_entries(tmp_path):
     assert np.isfinite(hr.numpy()).all()
 
 
-def test_learning_rate_schedules():
+def test_learning_rate_schedules(tmp_path):
     from mrisr.training import learning_rate
 
     assert learning_rate(0, 1e-3, "constant", 0, 100) == 1e-3
@@ -171,7 +171,18 @@ def test_learning_rate_schedules():
     assert learning_rate(10, 1e-3, "cosine", 10, 110) == pytest.approx(1e-3)  # cosine starts at the peak
     assert learning_rate(60, 1e-3, "cosine", 10, 110) == pytest.approx(5e-4)  # half way: cos(pi / 2)
     assert learning_rate(110, 1e-3, "cosine", 10, 110) == pytest.approx(0.0, abs=1e-12)
+    # warm-up, stable, decay: constant until the last 40 of 110 steps, then the same cosine over them
+    assert learning_rate(69, 1e-3, "cosine", 10, 110, decay=40) == pytest.approx(1e-3)
+    assert learning_rate(70, 1e-3, "cosine", 10, 110, decay=40) == pytest.approx(1e-3)
+    assert learning_rate(90, 1e-3, "cosine", 10, 110, decay=40) == pytest.approx(5e-4)
+    assert learning_rate(110, 1e-3, "cosine", 10, 110, decay=40) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(50, 1e-3, "cosine", 10, 110, decay=500) == learning_rate(50, 1e-3, "cosine", 10, 110)
+    assert learning_rate(50, 1e-3, "constant", 10, 110, decay=40) == 1e-3
     bad = REPO / "configs" / "tiny.yaml"
+    cosine = load_config(bad, {"optim": {"lr_schedule": "cosine", "max_steps": 10}})
+    with pytest.raises(ConfigError, match=r"reaches lr 0 at optim.max_steps = 10.*--set optim.max_steps=20"):
+        Trainer(cosine, tmp_path / "run", device="cpu", max_steps=20, progress=False)
+    assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="optim.lr_schedule"):
         load_config(bad, {"optim": {"lr_schedule": "step"}})
     with pytest.raises(ConfigError, match="data.num_workers"):

@@ -37,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
     "optim": {"lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "grad_accum": 1, "ema_decay": 0.999,
               "precision": "auto", "max_steps": 10000, "loss": "l1", "grad_clip": 1.0,
               "lr_schedule": "constant", "warmup_steps": 0,
+              # cosine only: decay over the last decay_steps steps, constant before them (0: decay
+              # over every step after the warm-up)
+              "decay_steps": 0,
               # speed only: the network and batches in channels-last memory format; the training
               # forward and backward through torch.compile (compiles on the first step)
               "channels_last": False, "compile": False},
@@ -186,6 +189,7 @@ SCHEMA: dict[str, Field] = {
     "optim.grad_clip": Field("number", minimum=0.0, optional=True),
     "optim.lr_schedule": Field("choice", choices=LR_SCHEDULES),
     "optim.warmup_steps": Field("int", minimum=0),
+    "optim.decay_steps": Field("int", minimum=0),
     "optim.channels_last": Field("bool"),
     "optim.compile": Field("bool"),
     "checkpoint.every": Field("int", minimum=1),
@@ -231,12 +235,16 @@ def _validate(config: dict[str, Any]) -> None:
         raise ConfigError("the config needs data.datalist (decathlon JSON) or data.glob")
 
 
-def learning_rate(step: int, base: float, schedule: str, warmup: int, total: int) -> float:
+def learning_rate(step: int, base: float, schedule: str, warmup: int, total: int, decay: int = 0) -> float:
     """The learning rate of optimiser step ``step`` (0-based): linear warm-up over ``warmup``
-    steps, then constant or a cosine decay to 0 at ``total``."""
+    steps, then constant or a cosine decay to 0 at ``total``; with ``decay`` > 0 the cosine
+    spans only the last ``decay`` steps and the rate is constant before them (warm-up, stable,
+    decay: a run trained at a constant rate can be annealed by resuming it with a later
+    ``total``)."""
     if warmup and step < warmup:
         return base * (step + 1) / warmup
     if schedule == "cosine":
-        span = max(1, total - warmup)
-        return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+        begin = max(warmup, total - decay) if decay else warmup
+        span = max(1, total - begin)
+        return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0, step - begin) / span)))
     return base

@@ -67,6 +67,10 @@ class Trainer:
         self.is_main = self.rank == 0
         self.progress = progress and self.is_main
         self.max_steps = int(max_steps or config["optim"]["max_steps"])
+        if config["optim"]["lr_schedule"] == "cosine" and self.max_steps > int(config["optim"]["max_steps"]):
+            raise ConfigError(f"the cosine schedule reaches lr 0 at optim.max_steps = {config['optim']['max_steps']}; "
+                              f"steps beyond it up to --max-steps {self.max_steps} would learn nothing: raise "
+                              f"optim.max_steps instead (--set optim.max_steps={self.max_steps})")
         if max_seconds is not None and (max_seconds <= 0 or self.distributed):
             raise ConfigError("a time limit needs a positive number of seconds and a single process (not torchrun)")
         self.max_seconds = max_seconds
@@ -228,7 +232,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, float(optim["lr"]), optim["lr_schedule"],
-                                        int(optim["warmup_steps"]), int(optim["max_steps"]))
+                                        int(optim["warmup_steps"]), int(optim["max_steps"]),
+                                        int(optim.get("decay_steps", 0)))
         total = 0.0
         for micro in range(accum):
             sub = self.step * accum + micro
