@@ -13,7 +13,9 @@ was trained for); ``--sampler`` / ``--steps`` set what ``--method partdiff`` run
 names neither. OUTPUT must then lie in ``mrisr/weights/``.
 
 ``--eval-from-validation`` stores the run's validation at the exported step (every whole plane of
-the held-out patient, ``validation.csv``) as the entry's ``eval_metrics``; otherwise a replaced
+the held-out patient, ``validation.csv``) as the entry's ``eval_metrics``: that of the float32 EMA
+network, which the bf16 file can miss by about 0.01 dB, so benchmark the exported file
+(``pipelines/benchmark_mri.py --slices 0 --crop 0``) and enter its numbers; otherwise a replaced
 entry keeps its ``eval_metrics``. A replaced entry keeps its place in the registry and, unless
 the model's config has its own, its ``input_spacing_mm``.
 
