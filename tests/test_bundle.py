@@ -177,3 +177,15 @@ def test_train_config_fine_tunes_from_the_bundle_weights(bundle, tmp_path):
     assert changed  # two steps moved the weights, from the bundle's (EMA starts there)
     config = json.loads((tmp_path / "ft" / "finetune.json").read_text())
     assert config["optim"]["max_steps"] == 2 and config["init_from"].endswith("init.safetensors")
+
+
+def test_export_by_plane_and_factor_takes_the_model_upsample_runs_by_default():
+    from mrisr.bundle import _resolve_model
+    from mrisr.models import auto_method
+
+    for plane, factor in (("in", 4), ("through", 6)):
+        path, entry = _resolve_model(None, None, plane, factor)
+        assert entry == default_model(auto_method(plane, factor), plane, factor) and path == entry.path
+        assert "regression" in entry.methods  # the most accurate shipped model (docs/models.md)
+        _, named = _resolve_model(None, "partdiff", plane, factor)
+        assert "partdiff" in named.methods
