@@ -118,15 +118,7 @@ def save_model(path: str | os.PathLike, network: torch.nn.Module | dict[str, tor
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        config = read_model_config(path)
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                state = {k: fh.get_tensor(k) for k in fh.keys()}
-        except Exception as exc:
-            raise InputError(f"{path} is not a readable safetensors model: {exc}") from exc
-        return config, state
+        return _read_safetensors(path, tensors=True)
     if path.suffix in (".pt", ".pth"):
         try:
             blob = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -158,17 +150,23 @@ def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
     if not p.is_file():
         raise InputError(f"model not found: {p}")
     if p.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(p), framework="pt") as fh:
-                meta = fh.metadata() or {}
-        except Exception as exc:
-            raise InputError(f"{p} is not a readable safetensors model: {exc}") from exc
-        if "mrisr_config" not in meta:
-            raise InputError(f"{p} has no mrisr config in its metadata; was it written by mrisr?")
-        return _config_json(meta["mrisr_config"], p)
+        return _read_safetensors(p, tensors=False)[0]
     return _read(p)[0]
+
+
+def _read_safetensors(path: Path, tensors: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A .safetensors model's config (its metadata) and, with ``tensors``, its state, in one open."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()} if tensors and "mrisr_config" in meta else {}
+    except Exception as exc:
+        raise InputError(f"{path} is not a readable safetensors model: {exc}") from exc
+    if "mrisr_config" not in meta:
+        raise InputError(f"{path} has no mrisr config in its metadata; was it written by mrisr?")
+    return _config_json(meta["mrisr_config"], path), state
 
 
 def _config_json(text: str, path: Path) -> dict[str, Any]:
@@ -337,7 +335,7 @@ def default_model(method: str, plane: str, factor: int) -> ShippedModel:
 
 #: The order ``--method auto`` prefers shipped models in: the most accurate on the held-out
 #: patient first (docs/models.md: regression beats PartDiff DDIM 4 in PSNR, SSIM and high-band
-#: power on every series of ProstateX-0218, with a quarter of the network evaluations).
+#: power on the held-out ProstateX-0218, with a quarter of the network evaluations).
 AUTO_PREFERENCE = ("regression", "partdiff", "sr3")
 
 

@@ -293,10 +293,12 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     if samples > 1 and not upsampler.stochastic:
         raise ConfigError(f"--samples {samples} needs a stochastic method; {method} gives the same result every time")
     batch_size = fit_batch_size(plan, upsampler, dev, batch_size, samples)
+    # a sampler, start step and seed belong to diffusion; regression is one deterministic pass
+    diffusion = spec.learned and upsampler.stochastic
     if on_start is not None:
         on_start({"plan": result_plan, "roi": box, "method": method,
                   "model_name": getattr(upsampler, "model_name", None),
-                  "sampler": getattr(upsampler, "sampler", None) if method != "regression" else None,
+                  "sampler": getattr(upsampler, "sampler", None) if diffusion else None,
                   "evaluations": getattr(upsampler, "steps_run", None), "batch_size": batch_size})
 
     start = time.perf_counter()
@@ -363,7 +365,6 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     if box is not None:
         extras["roi"] = {"voxels": [list(b) for b in box], "context_voxels": ROI_CONTEXT}
     if spec.learned:
-        diffusion = method != "regression"  # one network pass: no sampler, start step or seed
         extras.update({"sampler": getattr(upsampler, "sampler", None) if diffusion else None,
                        "steps": getattr(upsampler, "steps_run", None),
                        "k": getattr(upsampler, "k", None) if diffusion else None,
