@@ -15,7 +15,7 @@ from mrisr.errors import GeometryError
 from mrisr.geometry import check_factor, downsampled_affine, slice_axis, superior_inferior_axis
 from mrisr.io import Volume
 
-__all__ = ["average_lines", "bicubic_downsample", "thick_slice_volume", "simulate_lowres"]
+__all__ = ["average_lines", "bicubic_downsample", "project_consistent", "thick_slice_volume", "simulate_lowres"]
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
@@ -59,6 +59,41 @@ def bicubic_downsample(planes: torch.Tensor, factor: int) -> torch.Tensor:
         raise GeometryError(f"plane of {h} x {w} is not divisible by the factor {factor}")
     return F.interpolate(planes.float(), size=(h // factor, w // factor), mode="bicubic", antialias=True,
                          align_corners=False)
+
+
+def project_consistent(x: torch.Tensor, lowres: torch.Tensor, forward, iterations: int = 50,
+                       tol: float = 1e-7) -> torch.Tensor:
+    """The image nearest to ``x`` (least squares) among those that ``forward`` maps to ``lowres``.
+
+    ``forward`` is a linear degradation (e.g. ``lambda p: bicubic_downsample(p, 4)`` or
+    ``lambda p: average_lines(p, -2, 6)``). The orthogonal projection onto the affine set
+    ``{z : forward(z) = lowres}`` is ``x + A^T (A A^T)^-1 (lowres - A x)``; ``A^T`` comes from
+    autograd and ``(A A^T)^-1`` from conjugate gradients. When the true image lies in that set
+    (a noise-free simulation), the projection is never farther from it than ``x`` is (the
+    projection onto a convex set is non-expansive): the data-consistency check of
+    docs/ablations.md, which asks how much of a model's error its input could still remove.
+    """
+    x = x.detach().float()
+
+    def adjoint(v: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            z = torch.zeros_like(x, requires_grad=True)
+            (g,) = torch.autograd.grad((forward(z) * v).sum(), z)
+        return g
+
+    residual = lowres.float() - forward(x)
+    coef = torch.zeros_like(residual)
+    r, p = residual.clone(), residual.clone()
+    rs = (r * r).sum()
+    for _ in range(iterations):
+        if rs.sqrt() <= tol * max(1.0, float(residual.norm())):
+            break
+        ap = forward(adjoint(p))
+        alpha = rs / (p * ap).sum()
+        coef, r = coef + alpha * p, r - alpha * ap
+        rs_new = (r * r).sum()
+        p, rs = r + rs_new / rs * p, rs_new
+    return x + adjoint(coef)
 
 
 def thick_slice_volume(volume: Volume, axis: int, factor: int) -> Volume:

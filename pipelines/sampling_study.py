@@ -10,7 +10,11 @@ over bicubic for:
 * PartDiff DDIM 4 from the model's K, with the sampling guard (default) and without it;
 * the mean of N = 2 and 4 DDIM samples (different noise at step K);
 * PartDiff DDIM from the diffused *regression output* at K = 5, 10, 15 instead of the diffused
-  LR image (beyond the paper: a start closer to the high-resolution image).
+  LR image (beyond the paper: a start closer to the high-resolution image);
+* the regression output and the default PartDiff sample projected onto the images consistent
+  with the input (``mrisr.degradation.project_consistent``: the nearest image whose degradation
+  is exactly the low-resolution plane), which shows how much of their error the input itself
+  could still remove.
 
 Usage:
     python pipelines/sampling_study.py --plane in --factor 4 --partdiff-model M --regression-model M
@@ -30,6 +34,7 @@ import numpy as np
 import torch
 
 from mrisr.data import PlaneBank, load_datalist
+from mrisr.degradation import project_consistent
 from mrisr.transforms import ROBUST_PERCENTILES
 from mrisr.devices import resolve_device, resolve_precision
 from mrisr.metrics import psnr, spectral_error, ssim
@@ -102,9 +107,11 @@ def main() -> int:
         hr = torch.from_numpy(plane[:h, :w])[None, None].float()
         cond = degrade(hr).to(device)
         gens = lambda s: [torch.Generator(device).manual_seed(1000 * s + i)]  # noqa: E731
+        lowres = degrade.lowres(hr).to(device)
         score("Bicubic", cond, hr)
         regression = reg.inferer.sample(cond, reg.network, method="regression")
         score("Regression", regression, hr)
+        score("Regression, projected onto the input", project_consistent(regression, lowres, degrade.lowres), hr)
         score(f"Regression, mean over {len(symmetries(kind))} flips"
               + (" and transposes" if kind == "in" else ""),
               symmetric_mean(lambda c: reg.inferer.sample(c, reg.network, method="regression"), cond, kind), hr)
@@ -113,6 +120,7 @@ def main() -> int:
             continue
         samples = [pd.inferer.sample(cond, pd.network, sampler="ddim", steps=4, generators=gens(s)) for s in range(4)]
         score("PartDiff DDIM 4 (guarded, the default)", samples[0], hr)
+        score("PartDiff DDIM 4, projected onto the input", project_consistent(samples[0], lowres, degrade.lowres), hr)
         score("PartDiff DDIM 4, mean of 2 samples", torch.stack(samples[:2]).mean(0), hr)
         score("PartDiff DDIM 4, mean of 4 samples", torch.stack(samples).mean(0), hr)
         guard = pd.inferer.clip_denoised

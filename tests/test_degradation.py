@@ -83,3 +83,34 @@ def test_bicubic_downsample_is_the_in_plane_pairs_lr_step():
     low, axis = simulate_lowres(vol, "in", 4)
     assert axis == 2 and low.shape == (6, 4, 2)
     np.testing.assert_allclose(low.data, lr[:, 0].permute(1, 2, 0).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["in", "through"])
+def test_consistency_projection_is_the_nearest_consistent_image(kind):
+    """project_consistent lands on {z : A z = y}, is idempotent, moves x orthogonally to that
+    set (so it is never farther from a consistent truth than x), and for the 6-line average has
+    the closed form x + replicate(y - A x)."""
+    import torch
+
+    from mrisr.degradation import bicubic_downsample, project_consistent
+
+    g = torch.Generator().manual_seed(3)
+    if kind == "in":
+        def forward(p):
+            return bicubic_downsample(p, 4)
+    else:
+        def forward(p):
+            return average_lines(p, -2, 6)
+    truth = torch.rand(1, 1, 48, 24, generator=g, dtype=torch.float64).float()
+    y = forward(truth)
+    x = truth + 0.3 * torch.randn(truth.shape, generator=g)
+    px = project_consistent(x, y, forward)
+    torch.testing.assert_close(forward(px), y, atol=1e-5, rtol=0)
+    torch.testing.assert_close(project_consistent(px, y, forward), px, atol=1e-5, rtol=0)
+    # Pythagoras: |x - truth|^2 = |x - Px|^2 + |Px - truth|^2 (x - Px is orthogonal to the set)
+    lhs = float(((x - truth) ** 2).sum())
+    rhs = float(((x - px) ** 2).sum() + ((px - truth) ** 2).sum())
+    assert abs(lhs - rhs) < 1e-3 * lhs and float(((px - truth) ** 2).sum()) < lhs
+    if kind == "through":
+        replicate = (y - forward(x)).repeat_interleave(6, dim=-2)
+        torch.testing.assert_close(px, x + replicate, atol=1e-5, rtol=0)
