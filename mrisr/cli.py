@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(a start closer to the high-resolution image; pair it with a smaller --k)")
     up.add_argument("--start-model", help="with --start regression: the regression model (default: the shipped "
                     "one for the plane and factor)")
+    up.add_argument("--consistent", action="store_true",
+                    help="learned methods: make the output agree exactly with the input: each output plane is "
+                    "replaced by the nearest image whose simulated low-resolution version (the model's "
+                    "degradation: anti-aliased bicubic in-plane, the line average through-plane) is the "
+                    "input plane (docs/models.md)")
     up.add_argument("--adapt", nargs="?", const="auto", metavar="N",
                     help="fine-tune the model for N steps on pairs cut from this input's own slices before "
                          "upsampling (test-time self-supervision; N defaults to 400 on a GPU, 50 on a CPU); "
@@ -440,7 +445,8 @@ def _upsample_one(args: argparse.Namespace, options: dict[str, Any], volume: Any
                            samples=options["samples"], progress=progress, model=args.model, sampler=args.sampler,
                            steps=options["steps"], precision=args.precision, k=options["k"],
                            evaluations=options["evaluations"], start=args.start, start_model=args.start_model,
-                           clip=not args.no_clip, adapt=options["adapt"], save_adapted=save_adapted, roi=roi,
+                           clip=not args.no_clip, consistent=True if args.consistent else None,
+                           adapt=options["adapt"], save_adapted=save_adapted, roi=roi,
                            on_start=on_start)
 
 

@@ -286,3 +286,40 @@ def test_a_region_of_interest_samples_the_whole_planes_noise():
     np.testing.assert_allclose(part.volume.data, full.volume.data[crop], rtol=0, atol=1e-3)
     other = upsample_volume(vol, "in", 2, **{**run, "seed": 6}).volume.data[crop]
     assert np.abs(other - full.volume.data[crop]).max() > 10.0  # the noise matters: the test has teeth
+
+
+def test_consistent_outputs_reproduce_the_input_under_the_models_degradation(tmp_path, tiny_models):
+    """--consistent: the output, degraded as the model was trained (anti-aliased bicubic
+    in-plane, the line average through-plane), is the input exactly, in the input's units; the
+    projection moves a random network's output, and it is refused where it means nothing."""
+    from mrisr.degradation import average_lines, bicubic_downsample
+
+    vol, _ = _volume(tmp_path)
+    model = str(tiny_models["regression"])
+    plain = upsample_volume(vol, "in", 2, method="regression", model=model, clip=False)
+    res = upsample_volume(vol, "in", 2, method="regression", model=model, clip=False, consistent=True)
+    assert res.volume.metadata["mrisr_provenance"]["consistent_with_input"] is True
+    assert "consistent_with_input" not in plain.volume.metadata["mrisr_provenance"]
+    down = bicubic_downsample(torch.from_numpy(res.volume.data).permute(2, 0, 1)[:, None], 2)[:, 0].permute(1, 2, 0)
+    np.testing.assert_allclose(down.numpy(), vol.data, rtol=0, atol=1e-3)
+    before = bicubic_downsample(torch.from_numpy(plain.volume.data).permute(2, 0, 1)[:, None], 2)
+    assert float((before[:, 0].permute(1, 2, 0).numpy() - vol.data).std()) > 1.0  # the network was not consistent
+    # through-plane: every run of 2 output slices averages to its input slice
+    torch.manual_seed(0)
+    net = SR3UNet(**network_config("tiny"))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    inferer = PartialDiffusionInferer(objective="regression", k_noise_level=0.25)
+    through = save_model(tmp_path / "through.safetensors", net,
+                         model_config(network_config("tiny"), inferer, plane="through", factor=2,
+                                      degradation={"pairs": "through", "blur_sigma_max": 0}))
+    out = upsample_volume(vol, "through", 2, method="regression", model=str(through), clip=False, consistent=True)
+    assert out.volume.shape == (10, 12, 6)
+    np.testing.assert_allclose(average_lines(out.volume.data, 2, 2), vol.data, rtol=0, atol=1e-3)
+    with pytest.raises(ConfigError, match="bicubic takes no --consistent"):
+        upsample_volume(vol, "in", 2, method="bicubic", consistent=True)
+    blurred = save_model(tmp_path / "blur.safetensors", net,
+                         model_config(network_config("tiny"), inferer, plane="in", factor=2,
+                                      degradation={"pairs": "in", "blur_sigma_max": 1.5}))
+    with pytest.raises(ConfigError, match="random blur"):
+        upsample_volume(vol, "in", 2, method="regression", model=str(blurred), consistent=True)

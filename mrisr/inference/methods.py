@@ -181,6 +181,19 @@ class _Learned:
     model_name: str | None = None  # registry name of a shipped model, else the file name
     model_sha256: str | None = None
     input_spacing_mm: tuple[float, float] | None = None  # the LR spacing range it was trained for
+    consistent: bool = False  # project each output onto the images whose degradation is the input
+
+    @staticmethod
+    def forward_model(factors: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The degradation the models are trained with, as a function of output planes: the
+        ``factor``-line average along rows through-plane (factors ``(f, 1)``), anti-aliased bicubic
+        downsampling in-plane."""
+        from mrisr.degradation import average_lines, bicubic_downsample
+
+        fh, fw = factors
+        if fw == 1:
+            return lambda p: average_lines(p, -2, fh)
+        return lambda p: bicubic_downsample(p, fh)
 
     @property
     def steps_run(self) -> int:
@@ -208,13 +221,19 @@ class _Learned:
                                         steps=self.steps, k=self.k, generators=generators, start=start,
                                         condition_bounds=bounds)
         self.network_evaluations += self.model.inferer.network_evaluations
+        if self.consistent:
+            from mrisr.degradation import project_consistent
+
+            with torch.inference_mode(False), torch.no_grad():  # the projection's adjoint runs autograd
+                out = project_consistent(out.clone(), planes.to(self.device, torch.float32).clone(),
+                                         self.forward_model(factors))
         return out
 
 
 def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, model: Any = None,
                    sampler: str | None = None, steps: int | None = None, precision: Precision | None = None,
                    k: int | None = None, start: str | None = None, start_model: str | None = None,
-                   evaluations: int | None = None, **_: Any) -> PlaneUpsampler:
+                   evaluations: int | None = None, consistent: bool | None = None, **_: Any) -> PlaneUpsampler:
     from mrisr.diffusion import SAMPLERS
     from mrisr.models import LoadedModel, default_model, load_model, load_start_model, shipped_models
 
@@ -287,6 +306,11 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
             raise ConfigError(f"{loaded.path.name} is latent-aligned for K = {inferer.k}: it was trained for steps up "
                               f"to {inferer.k} only, so --k must be at most {inferer.k}, got {k}")
     _check_data_kind(loaded, plan)
+    if consistent:
+        degradation = (loaded.config.get("task") or {}).get("degradation") or {}
+        if float(degradation.get("blur_sigma_max") or 0) > 0:
+            raise ConfigError(f"--consistent needs a model trained on one known degradation; {loaded.path.name} "
+                              f"was trained with a random blur (blur_sigma_max {degradation['blur_sigma_max']:g})")
     start_loaded = None
     if start not in (None, "lowres", "regression"):
         raise ConfigError(f"--start must be lowres or regression, got {start!r}")
@@ -298,7 +322,7 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     elif start_model is not None:
         raise ConfigError("--start-model needs --start regression")
     learned = _Learned(model=loaded, method=method, sampler=sampler, steps=steps, device=device, precision=precision,
-                       k=k, start_model=start_loaded,
+                       k=k, start_model=start_loaded, consistent=bool(consistent),
                        intensity=model_percentiles(loaded.config),
                        # ancestral steps add noise; DDIM is deterministic given its noisy start
                        stochastic=method != "regression")

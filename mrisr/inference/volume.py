@@ -149,7 +149,7 @@ def _provenance(volume: Volume, method: str, plane: str, factor: int, extras: di
     prov: dict[str, Any] = {"software": "mrisr", "version": __version__, "method": method, "plane": plane,
                             "factor": int(factor), "input": Path(str(volume.metadata.get("path", ""))).name or None}
     for key in ("model_name", "model_sha256", "adaptation", "sampler", "steps", "k", "start", "seed", "samples",
-                "precision", "clipped_to_input_range", "roi"):
+                "precision", "consistent_with_input", "clipped_to_input_range", "roi"):
         if extras.get(key) is not None:
             prov["network_evaluations_per_plane" if key == "steps" else key] = extras[key]
     return prov
@@ -248,7 +248,11 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
             built in memory), ``sampler``, ``steps``, ``precision``; for partdiff also ``k`` (the
             start step) and ``start="regression"`` (diffuse the output of a regression model,
             ``start_model`` or the shipped one, instead of the low-resolution image: a start
-            closer to the high-resolution image).
+            closer to the high-resolution image); ``consistent=True`` projects each output plane
+            onto the images whose simulated low-resolution version (the model's degradation:
+            anti-aliased bicubic in-plane, the line average through-plane) is exactly the input
+            plane (:func:`mrisr.degradation.project_consistent`), before the clip to the input's
+            range; with ``roi`` the projection covers the box and its context.
 
     Returns:
         The result, whose volume has the plan's output shape and affine (with ``roi``: the plan of
@@ -375,7 +379,8 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
                        "model_sha256": getattr(upsampler, "model_sha256", None),
                        "adaptation": {k: v for k, v in (upsampler.model.config.get("adaptation") or {}).items()  # type: ignore[attr-defined]
                                       if k in ("steps", "seed", "pairs", "from_model")} or None,
-                       "precision": getattr(upsampler, "precision", None)})
+                       "precision": getattr(upsampler, "precision", None),
+                       "consistent_with_input": True if getattr(upsampler, "consistent", False) else None})
     provenance = _provenance(volume, method, plane, factor, extras)
     out.metadata["mrisr_provenance"] = {**provenance, "map": "mean" if samples > 1 else "image"}
     if std_volume is not None:
