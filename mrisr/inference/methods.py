@@ -181,19 +181,13 @@ class _Learned:
     model_name: str | None = None  # registry name of a shipped model, else the file name
     model_sha256: str | None = None
     input_spacing_mm: tuple[float, float] | None = None  # the LR spacing range it was trained for
-    consistent: bool = False  # project each output onto the images whose degradation is the input
+    # --consistent: the degradation the model was trained with (mrisr.transforms.plane_degradation's
+    # lowres); each output is projected onto the images it maps to the input
+    consistent_with: Callable[[torch.Tensor], torch.Tensor] | None = None
 
-    @staticmethod
-    def forward_model(factors: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The degradation the models are trained with, as a function of output planes: the
-        ``factor``-line average along rows through-plane (factors ``(f, 1)``), anti-aliased bicubic
-        downsampling in-plane."""
-        from mrisr.degradation import average_lines, bicubic_downsample
-
-        fh, fw = factors
-        if fw == 1:
-            return lambda p: average_lines(p, -2, fh)
-        return lambda p: bicubic_downsample(p, fh)
+    @property
+    def consistent(self) -> bool:
+        return self.consistent_with is not None
 
     @property
     def steps_run(self) -> int:
@@ -221,12 +215,12 @@ class _Learned:
                                         steps=self.steps, k=self.k, generators=generators, start=start,
                                         condition_bounds=bounds)
         self.network_evaluations += self.model.inferer.network_evaluations
-        if self.consistent:
+        if self.consistent_with is not None:
             from mrisr.degradation import project_consistent
 
             with torch.inference_mode(False), torch.no_grad():  # the projection's adjoint runs autograd
                 out = project_consistent(out.clone(), planes.to(self.device, torch.float32).clone(),
-                                         self.forward_model(factors))
+                                         self.consistent_with)
         return out
 
 
@@ -306,11 +300,15 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
             raise ConfigError(f"{loaded.path.name} is latent-aligned for K = {inferer.k}: it was trained for steps up "
                               f"to {inferer.k} only, so --k must be at most {inferer.k}, got {k}")
     _check_data_kind(loaded, plan)
+    consistent_with = None
     if consistent:
+        from mrisr.transforms import plane_degradation
+
         degradation = (loaded.config.get("task") or {}).get("degradation") or {}
         if float(degradation.get("blur_sigma_max") or 0) > 0:
             raise ConfigError(f"--consistent needs a model trained on one known degradation; {loaded.path.name} "
                               f"was trained with a random blur (blur_sigma_max {degradation['blur_sigma_max']:g})")
+        consistent_with = plane_degradation(plan.plane, plan.factor)[0].lowres
     start_loaded = None
     if start not in (None, "lowres", "regression"):
         raise ConfigError(f"--start must be lowres or regression, got {start!r}")
@@ -322,7 +320,7 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     elif start_model is not None:
         raise ConfigError("--start-model needs --start regression")
     learned = _Learned(model=loaded, method=method, sampler=sampler, steps=steps, device=device, precision=precision,
-                       k=k, start_model=start_loaded, consistent=bool(consistent),
+                       k=k, start_model=start_loaded, consistent_with=consistent_with,
                        intensity=model_percentiles(loaded.config),
                        # ancestral steps add noise; DDIM is deterministic given its noisy start
                        stochastic=method != "regression")
