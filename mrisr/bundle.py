@@ -200,6 +200,8 @@ def _inference_config(config: dict[str, Any], method: str, sampler: str | None, 
         "k": None,
         "seed": 0,
         "samples": 1,
+        "self_ensemble": False,
+        "consistent": False,
         "batch_size": 8,
         "precision": "auto",
         "overwrite": False,
@@ -211,7 +213,8 @@ def _inference_config(config: dict[str, Any], method: str, sampler: str | None, 
         "inferer": {"_target_": "mrisr.bundle.VolumeInferer", "network": "@network", "model_config": "@mrisr_model",
                     "checkpoint": "@model_path", "plane": "@plane", "factor": "@factor", "method": "@method",
                     "sampler": "@sampler", "steps": "@steps", "k": "@k", "seed": "@seed", "samples": "@samples",
-                    "batch_size": "@batch_size", "precision": "@precision", "device": "@device"},
+                    "self_ensemble": "@self_ensemble", "consistent": "@consistent", "batch_size": "@batch_size",
+                    "precision": "@precision", "device": "@device"},
         "postprocessing": {"_target_": "mrisr.bundle.VolumeWriter", "output_dir": "@output_dir", "postfix": "sr",
                            "overwrite": "@overwrite"},
         "evaluator": {"_target_": "mrisr.bundle.VolumeEvaluator", "dataset": "@dataset", "inferer": "@inferer",
@@ -422,14 +425,16 @@ class VolumeInferer:
         network: the network ``network_def`` built (its weights are loaded from ``checkpoint``).
         model_config: the model's mrisr config (``mrisr_model`` in the configs).
         checkpoint: ``models/model.pt``, a state dict.
-        plane, factor, method, sampler, steps, k, seed, samples, batch_size, precision, device:
-            as for ``mrisr upsample``.
+        plane, factor, method, sampler, steps, k, seed, samples, self_ensemble, consistent, batch_size,
+            precision, device: as for ``mrisr upsample`` (``self_ensemble`` and ``consistent``: its
+            ``--self-ensemble`` and ``--consistent``).
     """
 
     def __init__(self, network: torch.nn.Module, model_config: dict[str, Any], checkpoint: str | os.PathLike,
                  plane: str, factor: int, method: str, sampler: str | None = None, steps: int | None = None,
-                 k: int | None = None, seed: int = 0, samples: int = 1, batch_size: int = 8,
-                 precision: str = "auto", device: str | torch.device = "cpu") -> None:
+                 k: int | None = None, seed: int = 0, samples: int = 1, self_ensemble: bool = False,
+                 consistent: bool = False, batch_size: int = 8, precision: str = "auto",
+                 device: str | torch.device = "cpu") -> None:
         from mrisr.devices import resolve_precision
         from mrisr.models import build_model
 
@@ -450,7 +455,9 @@ class VolumeInferer:
         self.network = network  # the instance MONAI built; the model holds the same weights
         self.network.load_state_dict(self.model.network.state_dict())
         self.plane, self.factor, self.method = plane, int(factor), method
-        self.options = {"sampler": sampler, "steps": steps, "k": k, "precision": self.precision}
+        self.options = {"sampler": sampler, "steps": steps, "k": k, "precision": self.precision,
+                        # as the command line passes its flags: None when off
+                        "self_ensemble": True if self_ensemble else None, "consistent": True if consistent else None}
         self.seed, self.samples, self.batch_size = int(seed), int(samples), int(batch_size)
 
     def __call__(self, image: Any) -> Any:

@@ -78,7 +78,8 @@ python -m monai.bundle run --config_file configs/inference.json --dataset_dir IN
 `mrisr upsample INPUT --plane {m['plane']} --factor {m['factor']} --method {m['method']}` with the same
 seed and settings (mrisr's own plan, normalisation and sampler run it; nothing is re-implemented
 in the config). Change settings on the command line, e.g. `--seed 1 --samples 4 --batch_size 4
---device "$torch.device('cpu')"`. A case that cannot be read is reported in one line and skipped;
+--device "$torch.device('cpu')"`, or `--self_ensemble true` / `--consistent true` for mrisr's
+`--self-ensemble` / `--consistent`. A case that cannot be read is reported in one line and skipped;
 the run then ends with exit code 2. `OUT/summary.json` lists every case. Outputs are written
 atomically and never replace existing files unless `--overwrite true`.
 

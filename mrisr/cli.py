@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "replaced by the nearest image whose simulated low-resolution version (the model's "
                     "degradation: anti-aliased bicubic in-plane, the line average through-plane) is the "
                     "input plane (docs/models.md)")
+    up.add_argument("--self-ensemble", action="store_true",
+                    help="learned methods: average the model's outputs for the turned and flipped input (the "
+                    "eight symmetries of the square in-plane, the four flips through-plane), at 8 / 4 times the "
+                    "network evaluations (docs/models.md)")
     up.add_argument("--adapt", nargs="?", const="auto", metavar="N",
                     help="fine-tune the model for N steps on pairs cut from this input's own slices before "
                          "upsampling (test-time self-supervision; N defaults to 400 on a GPU, 50 on a CPU); "
@@ -446,7 +450,8 @@ def _upsample_one(args: argparse.Namespace, options: dict[str, Any], volume: Any
                            steps=options["steps"], precision=args.precision, k=options["k"],
                            evaluations=options["evaluations"], start=args.start, start_model=args.start_model,
                            clip=not args.no_clip, consistent=True if args.consistent else None,
-                           adapt=options["adapt"], save_adapted=save_adapted, roi=roi,
+                           self_ensemble=True if args.self_ensemble else None, adapt=options["adapt"],
+                           save_adapted=save_adapted, roi=roi,
                            on_start=on_start)
 
 

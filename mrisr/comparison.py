@@ -45,7 +45,8 @@ class MethodRun:
 
 def method_runs(plane: str) -> list[MethodRun]:
     runs = [MethodRun("Bicubic", "bicubic"), MethodRun("B-spline", "bspline"),
-            MethodRun("Regression", "regression", "regression")]
+            MethodRun("Regression", "regression", "regression"),
+            MethodRun("Regression, self-ensemble", "regression", "regression", {"self_ensemble": True})]
     if plane == "in":
         runs += [MethodRun("SR3 (T = 100)", "sr3", "sr3"),
                  *(MethodRun(f"SR3 partial, no alignment (K = {k})", "partdiff", "sr3", {"steps": k})

@@ -10,7 +10,8 @@ compares the output with the real high-resolution volume:
 * through-plane (``--plane through --factor 6``): coronal / sagittal volumes, every 6 lines
   along superior-inferior averaged into one thick line, upsampled back along that axis.
 
-Methods: bicubic, bspline, regression, SR3 (ancestral, all 100 steps), partial sampling of the
+Methods: bicubic, bspline, regression (alone and as the mean over the plane's symmetries,
+``--self-ensemble``), SR3 (ancestral, all 100 steps), partial sampling of the
 SR3 model without alignment (Sec. 4.2) at K = 25, 50, 75, PartDiff with latent alignment
 (Sec. 4.3, its own K) and the few-step DDIM partial sampler, the mean of 4 DDIM samples, and
 (beyond the paper) PartDiff diffusing the regression model's output to K = 5, 10, 15 instead of

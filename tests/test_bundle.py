@@ -19,7 +19,7 @@ import torch
 from conftest import file_digest, needs_prostatex, prostatex_nifti, run_here, run_mrisr, starts_processes
 from mrisr.bundle import SCHEMA_PATH, list_inputs
 from mrisr.models import default_model, load_model
-from mrisr.io import load_volume, save_volume
+from mrisr.io import load_volume, read_provenance, save_volume
 
 THROUGH = "prostatex-through-x6-partdiff"
 
@@ -129,6 +129,24 @@ def test_bundle_run_equals_mrisr_upsample_and_skips_a_bad_file(bundle, small_axi
     again = run_bundle_here(bundle, "inference.json", dataset_dir=str(cases), output_dir=str(tmp_path / "out"))
     assert again.returncode == 2 and "exists" in again.stderr
     assert file_digest(tmp_path / "out" / "p0218_tra_sr.nii.gz") == digest
+
+
+@needs_prostatex
+def test_bundle_takes_self_ensemble_and_consistent_as_upsample_does(bundle, small_axial, tmp_path):
+    """The inference config's ``self_ensemble`` / ``consistent`` are mrisr upsample's
+    ``--self-ensemble`` / ``--consistent``: the same voxels, and the header says so."""
+    result = run_bundle_here(bundle, "inference.json", dataset_dir=str(small_axial), output_dir=str(tmp_path / "out"),
+                             self_ensemble=True, consistent=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    cli = run_mrisr("upsample", small_axial / "p0218_tra.nii.gz", "--plane", "through", "--factor", "6",
+                    "--method", "partdiff", "--self-ensemble", "--consistent", "-o", tmp_path / "cli.nii.gz",
+                    "--quiet", "--report", tmp_path / "report.json")
+    assert cli.returncode == 0, cli.stderr
+    ours, theirs = nib.load(tmp_path / "out" / "p0218_tra_sr.nii.gz"), nib.load(tmp_path / "cli.nii.gz")
+    np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj))
+    provenance = read_provenance(tmp_path / "out" / "p0218_tra_sr.nii.gz")
+    assert provenance["self_ensemble"] == 4 and provenance["consistent_with_input"] is True
+    assert provenance["network_evaluations_per_plane"] == 16  # DDIM 4 under each of the four flips
 
 
 def test_export_errors_are_one_line_and_leave_nothing(tmp_path):

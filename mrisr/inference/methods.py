@@ -21,7 +21,7 @@ from mrisr.interpolation import bicubic_upsample, bspline_upsample
 from mrisr.transforms import model_percentiles
 
 __all__ = ["PlaneUpsampler", "MethodSpec", "register_method", "get_method", "available_methods", "OBJECTIVES_FOR",
-           "ImagePlan", "plane_seed", "PlaneWindow"]
+           "ImagePlan", "plane_seed", "PlaneWindow", "plane_symmetries"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +157,49 @@ def _build_bspline(**_: Any) -> PlaneUpsampler:
 # --------------------------------------------------------------------------------------------
 # learned methods
 
+#: one symmetry of a plane: (transpose, flip rows, flip columns), applied in that order
+Symmetry = tuple[bool, bool, bool]
+
+
+def plane_symmetries(factors: tuple[int, int]) -> list[Symmetry]:
+    """The symmetries of a plane that commute with its degradation, identity first: all eight
+    turns and flips of the square where both axes have the same factor (in-plane), the four
+    flips where they differ (through-plane: a transpose would move the thick axis). Flips
+    commute with anti-aliased bicubic downsampling and with the line average because the plane
+    is a whole number of low-resolution samples long."""
+    transposes = (False, True) if factors[0] == factors[1] else (False,)
+    return [(t, r, c) for t in transposes for r in (False, True) for c in (False, True)]
+
+
+def _apply_symmetry(x: torch.Tensor, sym: Symmetry) -> torch.Tensor:
+    transpose, rows, cols = sym
+    x = x.transpose(-2, -1) if transpose else x
+    x = x.flip(-2) if rows else x
+    return x.flip(-1) if cols else x
+
+
+def _undo_symmetry(x: torch.Tensor, sym: Symmetry) -> torch.Tensor:
+    transpose, rows, cols = sym
+    x = x.flip(-1) if cols else x
+    x = x.flip(-2) if rows else x
+    return x.transpose(-2, -1) if transpose else x
+
+
+def _window_under(window: PlaneWindow, size: tuple[int, int], sym: Symmetry) -> tuple[tuple[int, int],
+                                                                                      tuple[int, int]]:
+    """The whole plane's size and the window's offset in it once ``sym`` is applied to both
+    (``size``: the window's output size before)."""
+    (fh, fw), (r, c), (h, w) = window.full, window.offset, size
+    transpose, rows, cols = sym
+    if transpose:
+        fh, fw, r, c, h, w = fw, fh, c, r, w, h
+    if rows:
+        r = fh - r - h
+    if cols:
+        c = fw - c - w
+    return (fh, fw), (r, c)
+
+
 Precision = Literal["auto", "fp32", "bf16"]
 # method -> the training objectives whose models it can run
 #: the training objectives each learned method can run (PartDiff also samples SR3 models partially)
@@ -184,6 +227,8 @@ class _Learned:
     # --consistent: the degradation the model was trained with (mrisr.transforms.plane_degradation's
     # lowres); each output is projected onto the images it maps to the input
     consistent_with: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # --self-ensemble: how many symmetries of the plane (plane_symmetries) each output averages
+    ensemble: int = 1
 
     @property
     def consistent(self) -> bool:
@@ -191,21 +236,45 @@ class _Learned:
 
     @property
     def steps_run(self) -> int:
-        """Network evaluations per plane: the sampling plan's, plus one for a regression start."""
+        """Network evaluations per plane: the sampling plan's, plus one for a regression start,
+        times the symmetries of --self-ensemble."""
         extra = 1 if self.start_model is not None else 0
-        return extra + self.model.inferer.plan(self.method, self.sampler, self.steps, self.k).network_evaluations
+        once = extra + self.model.inferer.plan(self.method, self.sampler, self.steps, self.k).network_evaluations
+        return once * self.ensemble
 
     def __call__(self, planes: torch.Tensor, factors: tuple[int, int], seeds: list[int],
                  window: PlaneWindow | None = None) -> torch.Tensor:
-        condition = bicubic_upsample(planes.to(self.device, torch.float32), factors)
+        planes = planes.to(self.device, torch.float32)
         generators: list[Any] = [torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
         bounds = None
-        if window is not None:
-            from mrisr.diffusion import NoiseWindow
+        if window is not None and window.condition_bounds is not None:
+            bounds = tuple(b.to(self.device) for b in window.condition_bounds)
+        symmetries = plane_symmetries(factors) if self.ensemble > 1 else [(False, False, False)]
+        size = (planes.shape[-2] * factors[0], planes.shape[-1] * factors[1])
+        total = None
+        # one generator stream per plane across the symmetries: a window draws, symmetry by
+        # symmetry, the noise the whole plane draws under the same symmetry
+        for sym in symmetries:
+            gens = generators
+            if window is not None:
+                from mrisr.diffusion import NoiseWindow
 
-            generators = [NoiseWindow(g, window.full, window.offset) for g in generators]
-            if window.condition_bounds is not None:
-                bounds = tuple(b.to(self.device) for b in window.condition_bounds)
+                full, offset = _window_under(window, size, sym)
+                gens = [NoiseWindow(g, full, offset) for g in generators]
+            sym_factors = (factors[1], factors[0]) if sym[0] else factors
+            out = _undo_symmetry(self._once(_apply_symmetry(planes, sym), sym_factors, gens, bounds), sym)
+            total = out if total is None else total + out
+        out = total if len(symmetries) == 1 else total / len(symmetries)
+        if self.consistent_with is not None:
+            from mrisr.degradation import project_consistent
+
+            with torch.inference_mode(False), torch.no_grad():  # the projection's adjoint runs autograd
+                out = project_consistent(out.clone(), planes.clone(), self.consistent_with)
+        return out
+
+    def _once(self, planes: torch.Tensor, factors: tuple[int, int], generators: list[Any],
+              bounds: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+        condition = bicubic_upsample(planes, factors)
         start = None
         if self.start_model is not None:
             start = self.start_model.inferer.sample(condition, self.start_model.network, method="regression",
@@ -215,19 +284,14 @@ class _Learned:
                                         steps=self.steps, k=self.k, generators=generators, start=start,
                                         condition_bounds=bounds)
         self.network_evaluations += self.model.inferer.network_evaluations
-        if self.consistent_with is not None:
-            from mrisr.degradation import project_consistent
-
-            with torch.inference_mode(False), torch.no_grad():  # the projection's adjoint runs autograd
-                out = project_consistent(out.clone(), planes.to(self.device, torch.float32).clone(),
-                                         self.consistent_with)
         return out
 
 
 def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, model: Any = None,
                    sampler: str | None = None, steps: int | None = None, precision: Precision | None = None,
                    k: int | None = None, start: str | None = None, start_model: str | None = None,
-                   evaluations: int | None = None, consistent: bool | None = None, **_: Any) -> PlaneUpsampler:
+                   evaluations: int | None = None, consistent: bool | None = None, self_ensemble: bool | None = None,
+                   **_: Any) -> PlaneUpsampler:
     from mrisr.diffusion import SAMPLERS
     from mrisr.models import LoadedModel, default_model, load_model, load_start_model, shipped_models
 
@@ -321,6 +385,8 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
         raise ConfigError("--start-model needs --start regression")
     learned = _Learned(model=loaded, method=method, sampler=sampler, steps=steps, device=device, precision=precision,
                        k=k, start_model=start_loaded, consistent_with=consistent_with,
+                       ensemble=len(plane_symmetries(getattr(plan, "plane_factors", (plan.factor, plan.factor))))
+                       if self_ensemble else 1,
                        intensity=model_percentiles(loaded.config),
                        # ancestral steps add noise; DDIM is deterministic given its noisy start
                        stochastic=method != "regression")

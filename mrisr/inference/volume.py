@@ -149,7 +149,7 @@ def _provenance(volume: Volume, method: str, plane: str, factor: int, extras: di
     prov: dict[str, Any] = {"software": "mrisr", "version": __version__, "method": method, "plane": plane,
                             "factor": int(factor), "input": Path(str(volume.metadata.get("path", ""))).name or None}
     for key in ("model_name", "model_sha256", "adaptation", "sampler", "steps", "k", "start", "seed", "samples",
-                "precision", "consistent_with_input", "clipped_to_input_range", "roi"):
+                "precision", "self_ensemble", "consistent_with_input", "clipped_to_input_range", "roi"):
         if extras.get(key) is not None:
             prov["network_evaluations_per_plane" if key == "steps" else key] = extras[key]
     return prov
@@ -252,7 +252,10 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
             onto the images whose simulated low-resolution version (the model's degradation:
             anti-aliased bicubic in-plane, the line average through-plane) is exactly the input
             plane (:func:`mrisr.degradation.project_consistent`), before the clip to the input's
-            range; with ``roi`` the projection covers the box and its context.
+            range; with ``roi`` the projection covers the box and its context;
+            ``self_ensemble=True`` averages the output over the plane's symmetries that commute with
+            the degradation (:func:`mrisr.inference.methods.plane_symmetries`: eight in-plane, four
+            through-plane), at that many times the network evaluations.
 
     Returns:
         The result, whose volume has the plan's output shape and affine (with ``roi``: the plan of
@@ -279,7 +282,7 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     spec = get_method(method)
     given = sorted(k for k, v in options.items() if v is not None)
     if not spec.learned and given:
-        raise ConfigError(f"--method {method} takes no {', '.join('--' + k for k in given)} "
+        raise ConfigError(f"--method {method} takes no {', '.join('--' + k.replace('_', '-') for k in given)} "
                           "(those are for partdiff, sr3 and regression)")
     dev = resolve_device(device)
     adapt_steps, save_adapted = options.pop("adapt", None), options.pop("save_adapted", None)
@@ -380,6 +383,8 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
                        "adaptation": {k: v for k, v in (upsampler.model.config.get("adaptation") or {}).items()  # type: ignore[attr-defined]
                                       if k in ("steps", "seed", "pairs", "from_model")} or None,
                        "precision": getattr(upsampler, "precision", None),
+                       "self_ensemble": (getattr(upsampler, "ensemble", 1) if getattr(upsampler, "ensemble", 1) > 1
+                                         else None),
                        "consistent_with_input": True if getattr(upsampler, "consistent", False) else None})
     provenance = _provenance(volume, method, plane, factor, extras)
     out.metadata["mrisr_provenance"] = {**provenance, "map": "mean" if samples > 1 else "image"}
