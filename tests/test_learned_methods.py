@@ -288,6 +288,18 @@ def test_a_region_of_interest_samples_the_whole_planes_noise():
     assert np.abs(other - full.volume.data[crop]).max() > 10.0  # the noise matters: the test has teeth
 
 
+def _tiny_regression(path: Path, plane: str, degradation: dict) -> Path:
+    """A randomly initialised tiny x2 regression model (weights perturbed so it acts) for
+    ``plane``, trained (its config says) on ``degradation``."""
+    torch.manual_seed(0)
+    net = SR3UNet(**network_config("tiny"))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    inferer = PartialDiffusionInferer(objective="regression", k_noise_level=0.25)
+    return save_model(path, net, model_config(network_config("tiny"), inferer, plane=plane, factor=2,
+                                              degradation=degradation))
+
+
 def test_consistent_outputs_reproduce_the_input_under_the_models_degradation(tmp_path, tiny_models):
     """--consistent: the output, degraded as the model was trained (anti-aliased bicubic
     in-plane, the line average through-plane), is the input exactly, in the input's units; the
@@ -305,22 +317,13 @@ def test_consistent_outputs_reproduce_the_input_under_the_models_degradation(tmp
     before = bicubic_downsample(torch.from_numpy(plain.volume.data).permute(2, 0, 1)[:, None], 2)
     assert float((before[:, 0].permute(1, 2, 0).numpy() - vol.data).std()) > 1.0  # the network was not consistent
     # through-plane: every run of 2 output slices averages to its input slice
-    torch.manual_seed(0)
-    net = SR3UNet(**network_config("tiny"))
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.02)
-    inferer = PartialDiffusionInferer(objective="regression", k_noise_level=0.25)
-    through = save_model(tmp_path / "through.safetensors", net,
-                         model_config(network_config("tiny"), inferer, plane="through", factor=2,
-                                      degradation={"pairs": "through", "blur_sigma_max": 0}))
+    through = _tiny_regression(tmp_path / "through.safetensors", "through", {"pairs": "through", "blur_sigma_max": 0})
     out = upsample_volume(vol, "through", 2, method="regression", model=str(through), clip=False, consistent=True)
     assert out.volume.shape == (10, 12, 6)
     np.testing.assert_allclose(average_lines(out.volume.data, 2, 2), vol.data, rtol=0, atol=1e-3)
     with pytest.raises(ConfigError, match="bicubic takes no --consistent"):
         upsample_volume(vol, "in", 2, method="bicubic", consistent=True)
-    blurred = save_model(tmp_path / "blur.safetensors", net,
-                         model_config(network_config("tiny"), inferer, plane="in", factor=2,
-                                      degradation={"pairs": "in", "blur_sigma_max": 1.5}))
+    blurred = _tiny_regression(tmp_path / "blur.safetensors", "in", {"pairs": "in", "blur_sigma_max": 1.5})
     with pytest.raises(ConfigError, match="random blur"):
         upsample_volume(vol, "in", 2, method="regression", model=str(blurred), consistent=True)
 
@@ -359,14 +362,7 @@ def test_self_ensemble_is_the_mean_over_the_planes_symmetries_and_exactly_equiva
 def test_self_ensemble_through_plane_averages_the_four_flips(tmp_path):
     """Through-plane the thick axis must stay the thick axis: the four flips, no transpose; the
     result commutes with flipping either plane axis."""
-    torch.manual_seed(0)
-    net = SR3UNet(**network_config("tiny"))
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.02)
-    inferer = PartialDiffusionInferer(objective="regression", k_noise_level=0.25)
-    model = save_model(tmp_path / "through.safetensors", net,
-                       model_config(network_config("tiny"), inferer, plane="through", factor=2,
-                                    degradation={"pairs": "through", "blur_sigma_max": 0}))
+    model = _tiny_regression(tmp_path / "through.safetensors", "through", {"pairs": "through", "blur_sigma_max": 0})
     vol, _ = _volume(tmp_path)
     run = dict(method="regression", model=str(model), clip=False, axis=2, self_ensemble=True)
     ens = upsample_volume(vol, "through", 2, **run)
