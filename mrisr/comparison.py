@@ -95,11 +95,12 @@ class VolumeComparison:
 
 def compare_on_volume(hr: Volume, plane: str, factor: int, runs: list[MethodRun], models: dict[str, str | None],
                       slices: int = 0, crop: int = 0, device: str = "auto", seed: int = 0,
-                      on_run: Any = None) -> VolumeComparison:
+                      on_run: Any = None, precision: str = "auto") -> VolumeComparison:
     """Degrade ``hr`` as the training pairs are degraded, upsample it with every run and score the
     planes (``slices`` evenly spaced central planes, 0: all; ``crop``: the central crop of every
-    axis longer than it, a CPU budget knob). ``on_run(label, psnr, seconds_per_plane)`` is called
-    after each run."""
+    axis longer than it, a CPU budget knob; ``precision``: the learned methods' network precision,
+    as ``mrisr upsample --precision``). ``on_run(label, psnr, seconds_per_plane)`` is called after
+    each run."""
     metrics: dict[str, dict[str, list[float]]] = {r.label: {k: [] for k in METRICS} for r in runs}
     patches: dict[str, np.ndarray] = {}
     whole_voxels = int(np.prod(hr.shape))
@@ -126,6 +127,7 @@ def compare_on_volume(hr: Volume, plane: str, factor: int, runs: list[MethodRun]
         opts = dict(run.options)
         if run.model_role:
             opts["model"] = models[run.model_role]
+            opts["precision"] = precision
         if run.start_role:
             opts["start_model"] = models[run.start_role]
         t0 = time.perf_counter()

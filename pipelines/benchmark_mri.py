@@ -32,7 +32,7 @@ mrisr.metrics.noise_sigma), which no method can predict.
 Usage:
     python pipelines/benchmark_mri.py --plane in --factor 4 [--datalist configs/prostatex.json]
         [--sr3-model M] [--partdiff-model M] [--regression-model M] [--slices 6] [--crop 0] [--out DIR]
-        [--methods bicubic sr3 ...] [--device auto]
+        [--methods bicubic sr3 ...] [--device auto] [--precision auto]
 
 Models default to the shipped ones for the plane and factor. Writes ``DIR/benchmark.json``,
 ``DIR/benchmark.md`` and ``DIR/patches.png``.
@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from mrisr.comparison import METRICS, compare_on_volume, gain_spread, matches_run, method_runs
+from mrisr.devices import resolve_precision
 from mrisr.errors import MrisrError
 from mrisr.io import load_volume
 
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                         "voxels (0: whole planes); a CPU budget knob, reported with the numbers")
     parser.add_argument("--methods", nargs="*", help="labels (substrings) of the methods to run; default all")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="network precision of the learned methods, as mrisr upsample's (auto: bf16 where it "
+                        "is native, on GPUs and AVX-512 CPUs); the one used is recorded with the numbers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmark_mri")
     args = parser.parse_args(argv)
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {label}: PSNR {mean_psnr:.2f} dB, {seconds:.1f} s/slice", file=sys.stderr)
 
         found = compare_on_volume(load_volume(entry.image), args.plane, factor, runs, models, args.slices, args.crop,
-                                  args.device, args.seed, on_run=report)
+                                  args.device, args.seed, on_run=report, precision=args.precision)
         for label, values in found.metrics.items():
             for key, v in values.items():
                 results[label][key] += v
@@ -119,11 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         if entry is entries[0]:
             patches = found.patches
 
-    device = "cuda: " + torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available() else \
-        f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    on_gpu = args.device != "cpu" and torch.cuda.is_available()
+    device = "cuda: " + torch.cuda.get_device_name() if on_gpu else \
+        f"{platform.machine()} CPU ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
+    precision = resolve_precision(args.precision, torch.device("cuda" if on_gpu else "cpu"))
     command = " ".join(["python", "pipelines/benchmark_mri.py", *(sys.argv[1:] if argv is None else argv)])
     summary = {
-        "date": date.today().isoformat(), "command": command, "device": device,
+        "date": date.today().isoformat(), "command": command, "device": device, "precision": precision,
         "plane": args.plane, "factor": factor, "datalist": args.datalist, "split": args.split,
         "volumes": [e.image for e in entries], "slices_per_volume": args.slices, "crop": args.crop,
         "models": models,
@@ -150,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {label} | {m['psnr']:.2f} | {gain} | {m['ssim']:.4f} | {m['spectral_high_db']:+.2f} | "
                      f"{m['consistency_mse']:.2e} | "
                      f"{m['network_evaluations']:.0f} | {m['seconds']:.2f} | {m['volume_seconds']:.0f} |")
-    lines += ["", *budget_table(budget)]
+    lines += ["", *budget_table(budget), "",
+              f"{summary['date']}, {summary['device']}, learned methods in {summary['precision']}: `{command}`"]
     table = "\n".join(lines)
     (out_dir / "benchmark.md").write_text(table + "\n")
     save_patches(out_dir / "patches.png", patches)

@@ -31,9 +31,11 @@ def test_benchmark_mri_classical(tmp_path, plane):
     benchmark_mri = _pipeline("benchmark_mri")  # in this process: the script's main, without a second start-up
     with contextlib.redirect_stdout(io.StringIO()):
         assert benchmark_mri.main(["--plane", plane, "--methods", "bicubic", "bspline", "--slices", "2",
-                                   "--out", str(out)]) == 0
+                                   "--precision", "fp32", "--out", str(out)]) == 0
     blob = json.loads((out / "benchmark.json").read_text())
     assert blob["factor"] == (4 if plane == "in" else 6)
+    assert blob["precision"] == "fp32"  # recorded with the numbers (bf16 is the default on AVX-512 CPUs)
+    assert "learned methods in fp32" in (out / "benchmark.md").read_text()
     bic, bsp = blob["methods"]["Bicubic"], blob["methods"]["B-spline"]
     # the paper's ProstateX x4 bicubic baseline is 24.7 dB / 0.68 (Table 3)
     assert 22.0 < bic["psnr"] < 30.0 and 0.5 < bic["ssim"] < 0.9
