@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 from datetime import date
 from pathlib import Path
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda: " + torch.cuda.get_device_name() if on_gpu else \
         f"{platform.machine()} CPU ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
     precision = resolve_precision(args.precision, torch.device("cuda" if on_gpu else "cpu"))
-    command = " ".join(["python", "pipelines/benchmark_mri.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "pipelines/benchmark_mri.py", *(sys.argv[1:] if argv is None else argv)])
     summary = {
         "date": date.today().isoformat(), "command": command, "device": device, "precision": precision,
         "plane": args.plane, "factor": factor, "datalist": args.datalist, "split": args.split,
