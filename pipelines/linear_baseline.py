@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from datetime import date
 from pathlib import Path
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         train, val = ([e for e in entries if e.plane in (None, "cor", "sag")] for entries in (train, val))
     weights = fit([(lr, hr) for planes in plane_pairs(train, args.plane, factor).values() for lr, hr, _ in planes],
                   args.plane, factor, radius)
-    command = " ".join(["python", "pipelines/linear_baseline.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "pipelines/linear_baseline.py", *(sys.argv[1:] if argv is None else argv)])
     report: dict = {"date": date.today().isoformat(), "command": command, "plane": args.plane, "factor": factor,
                     "radius": radius, "taps": int(next(iter(weights.values())).size),
                     "training": [e.image for e in train], "series": {}}
