@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from mrisr.comparison import METRICS, compare_on_volume, gain_spread, matches_run, method_runs
-from mrisr.devices import resolve_precision
+from mrisr.devices import resolve_device, resolve_precision
 from mrisr.errors import MrisrError
 from mrisr.io import load_volume
 
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmark_mri")
     args = parser.parse_args(argv)
     factor = args.factor or (4 if args.plane == "in" else 6)
+    dev = resolve_device(args.device)  # the device the methods will run on, as upsample_volume resolves it
 
     from mrisr.models import default_model
     from mrisr.data import load_datalist
@@ -124,10 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         if entry is entries[0]:
             patches = found.patches
 
-    on_gpu = args.device != "cpu" and torch.cuda.is_available()
-    device = "cuda: " + torch.cuda.get_device_name() if on_gpu else \
+    device = "cuda: " + torch.cuda.get_device_name() if dev.type == "cuda" else \
         f"{platform.machine()} CPU ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
-    precision = resolve_precision(args.precision, torch.device("cuda" if on_gpu else "cpu"))
+    precision = resolve_precision(args.precision, dev)
     command = shlex.join(["python", "pipelines/benchmark_mri.py", *(sys.argv[1:] if argv is None else argv)])
     summary = {
         "date": date.today().isoformat(), "command": command, "device": device, "precision": precision,
@@ -244,4 +244,8 @@ def save_patches(path: Path, panels: dict[str, np.ndarray], size: int = 96) -> N
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except MrisrError as exc:  # bad input: one line and exit code 2, as mrisr's own commands
+        print(f"benchmark_mri: {exc}", file=sys.stderr)
+        sys.exit(2)

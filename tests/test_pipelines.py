@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import io
 import json
+import subprocess
 import sys
 from types import ModuleType
 
@@ -54,6 +55,15 @@ def test_benchmark_mri_classical(tmp_path, plane):
     assert 0 < bounds["input band exact, bicubic above it"] < bounds["noise floor"]
     assert 0.005 < budget["noise_sigma"] < 0.1
     assert (out / "patches.png").stat().st_size > 1000
+
+
+def test_benchmark_mri_bad_device_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(REPO / "pipelines" / "benchmark_mri.py"), "--device", "tpu",
+                           "--methods", "bicubic", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["benchmark_mri: device must be auto, cpu or cuda, got 'tpu'"]
+    assert not out.exists()
 
 
 @needs_prostatex
