@@ -103,8 +103,12 @@ def _network_data_format(config: dict[str, Any]) -> dict[str, Any]:
         },
     }
     objective = config["inferer"]["objective"]
-    predicts = {"regression": "the high-resolution plane x_0 in normalised units",
-                "sr3": "the noise added to x_0", "partdiff": "the noise added to x_0"}[objective]
+    residual = "the high-resolution plane x_0 minus the condition (channel 0), in normalised units"
+    predicts = {"regression": residual, "sr3": "the noise added to x_0",
+                "partdiff": "the noise added to x_0"}[objective]
+    if objective != "regression" and config["inferer"].get("prediction", "eps") == "x0":
+        predicts = residual + (" (under latent alignment, of the blend of x_0 and the condition the noisy plane "
+                               "was made from)" if objective == "partdiff" else "")
     outputs = {"pred": {
         "type": "image", "format": "magnitude", "modality": "MR", "num_channels": int(net["out_channels"]),
         "spatial_shape": spatial, "dtype": "float32", "value_range": [], "is_patch_data": False,
@@ -580,6 +584,7 @@ class FineTune:
         if not base:  # a model file without its recipe: rebuild the essentials from its config
             inferer, task = self.model_config["inferer"], self.model_config["task"]
             base = {"objective": inferer["objective"], "k_noise_level": inferer.get("k_noise_level"),
+                    "prediction": inferer.get("prediction", "eps"),
                     "task": {"plane": task["plane"], "factor": task["factor"],
                              "pairs": task.get("degradation", {}).get("pairs", "in" if task["plane"] == "in"
                                                                       else "through"),

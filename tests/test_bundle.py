@@ -207,3 +207,19 @@ def test_export_by_plane_and_factor_takes_the_model_upsample_runs_by_default():
         assert "regression" in entry.methods  # the most accurate shipped model (docs/models.md)
         _, named = _resolve_model(None, "partdiff", plane, factor)
         assert "partdiff" in named.methods
+
+
+def test_the_bundle_says_what_the_network_outputs():
+    from mrisr.bundle import _network_data_format
+    from mrisr.diffusion import PartialDiffusionInferer
+    from mrisr.models import model_config
+    from mrisr.networks import network_config
+
+    def output(objective: str, prediction: str = "eps") -> str:
+        config = model_config(network_config("tiny"), PartialDiffusionInferer(objective, prediction=prediction), "in", 4)
+        return _network_data_format(config)["outputs"]["pred"]["channel_def"]["0"]
+
+    assert output("partdiff") == output("sr3") == "the noise added to x_0"
+    assert "minus the condition" in output("regression")  # predict_regression adds the condition back
+    assert "minus the condition" in output("sr3", "x0") and "blend" not in output("sr3", "x0")
+    assert "minus the condition" in output("partdiff", "x0") and "blend" in output("partdiff", "x0")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mrisr.diffusion import (PartialDiffusionInferer, NoiseSchedule, alignment_weight, ddim_steps, inference_schedule, noisy_input, partial_start, predict_noise,
-                             training_schedule)
+from mrisr.diffusion import (PartialDiffusionInferer, NoiseSchedule, alignment_weight, ddim_steps, inference_schedule,
+                             noisy_input, partial_start, predict_clean, predict_noise, training_loss, training_schedule)
 from mrisr.errors import ConfigError
 from mrisr.networks import SR3UNet, network_config
 
@@ -397,3 +397,72 @@ def test_impossible_plans_are_one_line():
         inferer.plan("sr3", "ddim", steps=4, k=10)
     with pytest.raises(ConfigError, match="sampler must be"):
         inferer.plan("partdiff", "euler")
+
+
+class _CleanOracle(torch.nn.Module):
+    """An ``x0``-predicting network that knows its training target: the image ``x_t`` was made
+    from (the blend of HR and LR under latent alignment, HR for SR3), as a residual on the
+    condition."""
+
+    def __init__(self, hr: torch.Tensor, k_noise_level: float | None = None) -> None:
+        super().__init__()
+        self.hr, self.k = hr, k_noise_level
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        cond = x[:, :1]
+        if self.k is None:
+            return self.hr - cond
+        lam = alignment_weight(level, training_schedule(), self.k).view(-1, 1, 1, 1).to(x.dtype)
+        return lam * self.hr + (1 - lam) * cond - cond
+
+
+def test_x0_prediction_implies_the_noise_it_was_made_with():
+    """The clean-image parameterisation is the noise one rewritten: for the target image, the
+    noise it implies is exactly the noise the latent was made with (latent alignment included), so
+    its x0 loss and the eps loss vanish together; an x0 network that ignores the blend does not."""
+    sched = training_schedule()
+    gen = torch.Generator().manual_seed(3)
+    hr = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
+    lr = hr + 0.3 * torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
+    eps = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
+    level = sched.noise_levels[torch.tensor([5, 120, 300])]  # all at or below K (level 0.71)
+    x_t = noisy_input(hr, lr, "partdiff", sched, 0.71, eps, level)
+    oracle = _CleanOracle(hr, 0.71)
+    # the network sees float32 levels and returns float32 images: at step 5 (1 - s^2 = 3e-4) that is
+    # a few 1e-5 in the implied noise
+    torch.testing.assert_close(predict_noise(oracle, x_t, lr, level, "x0").double(), eps, atol=2e-4, rtol=0)
+    lam = alignment_weight(level, sched, 0.71).view(-1, 1, 1, 1)
+    torch.testing.assert_close(predict_clean(oracle, x_t, lr, level).double(), lam * hr + (1 - lam) * lr,
+                               atol=1e-6, rtol=0)
+    for objective, net in (("partdiff", oracle), ("sr3", _CleanOracle(hr))):
+        loss = training_loss(net, hr.float(), lr.float(), objective, sched, 0.71 if objective == "partdiff" else None,
+                             generator=torch.Generator().manual_seed(0), prediction="x0")
+        assert float(loss) < 1e-6, (objective, float(loss))
+    wrong = training_loss(_CleanOracle(hr), hr.float(), lr.float(), "partdiff", sched, 0.71,
+                          generator=torch.Generator().manual_seed(0), prediction="x0")
+    assert float(wrong) > 0.01  # the target under latent alignment is the blend, not HR
+
+
+@pytest.mark.parametrize("method,sampler,steps", [("sr3", "ancestral", None), ("sr3", "ddim", 6),
+                                                  ("partdiff", "ddim", 4)])
+def test_x0_oracle_recovers_the_hr_image(method, sampler, steps):
+    hr, lowres = _pair()
+    inferer = PartialDiffusionInferer(objective="sr3", clip_denoised="off", prediction="x0")
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    out = inferer.sample(lowres, _CleanOracle(hr), method=method, sampler=sampler, steps=steps, generators=gens)
+    torch.testing.assert_close(out, hr, atol=1e-4, rtol=0)
+    # the same oracle read as a noise predictor is wrong: prediction is part of the model
+    eps_reading = PartialDiffusionInferer(objective="sr3", clip_denoised="off")
+    wrong = eps_reading.sample(lowres, _CleanOracle(hr), method=method, sampler=sampler, steps=steps, generators=gens)
+    assert float((wrong - hr).abs().max()) > 0.1
+
+
+def test_prediction_is_stored_only_where_it_is_not_the_default():
+    eps = PartialDiffusionInferer(objective="partdiff", k_noise_level=0.71)
+    assert "prediction" not in eps.config()  # noise-predicting files keep their earlier layout
+    x0 = PartialDiffusionInferer(objective="partdiff", k_noise_level=0.71, prediction="x0")
+    assert x0.config()["prediction"] == "x0"
+    assert PartialDiffusionInferer(**x0.config()).prediction == "x0"
+    assert PartialDiffusionInferer(**eps.config()).prediction == "eps"
+    with pytest.raises(ConfigError, match="prediction must be one of eps, x0, got 'v'"):
+        PartialDiffusionInferer(prediction="v")

@@ -304,3 +304,46 @@ def test_channels_last_and_compile_change_speed_not_training(tmp_path, monkeypat
     bad.write_text(f"data: {{datalist: {REPO / 'configs' / 'prostatex.json'}}}\noptim: {{compile: 'yes'}}\n")
     with pytest.raises(ConfigError, match="optim.compile must be true or false"):
         load_config(bad)
+
+
+def test_prediction_applies_to_diffusion_objectives_only():
+    assert load_config(TINY, {"prediction": "x0"})["prediction"] == "x0"
+    with pytest.raises(ConfigError, match="regression objective always predicts the image"):
+        load_config(TINY, {"objective": "regression", "prediction": "x0"})
+    with pytest.raises(ConfigError, match="prediction must be one of eps, x0"):
+        load_config(TINY, {"prediction": "noise"})
+
+
+@needs_prostatex
+def test_a_clean_image_model_starts_as_the_regression_model(tmp_path):
+    """PartDiff with ``prediction: x0`` started from a regression model: the noisy-image inputs the
+    regression model never used are zeroed, so at every noise level the start predicts the same
+    image whatever the noisy input, and at level 0 exactly the regression model's image."""
+    from mrisr.diffusion import PartialDiffusionInferer, predict_clean
+    from mrisr.models import model_config, save_model
+    from mrisr.networks import SR3UNet
+
+    config = load_config(TINY, {"prediction": "x0", "init_from": str(tmp_path / "reg.safetensors")})
+    trainer = Trainer(config, tmp_path / "run", device="cpu", progress=False)
+    torch.manual_seed(5)
+    reg = SR3UNet(**trainer.net_kwargs)
+    for p in reg.parameters():
+        torch.nn.init.normal_(p, std=0.05)  # acting weights, the noisy-input ones included
+    save_model(tmp_path / "reg.safetensors", reg,
+               model_config(trainer.net_kwargs, PartialDiffusionInferer(objective="regression"), "in", 4))
+    trainer.init_from(config["init_from"])
+    net = trainer.ema.eval()
+    assert float(net.stem.weight[:, 1:].abs().max()) == 0.0
+    torch.testing.assert_close(net.stem.weight[:, :1], reg.stem.weight[:, :1])
+    hr, cond = trainer.batch(10**6)
+    with torch.no_grad():
+        a = predict_clean(net, hr, cond, torch.tensor([0.8]))
+        b = predict_clean(net, torch.randn_like(hr), cond, torch.tensor([0.8]))
+        torch.testing.assert_close(a, b)
+        at_zero = predict_clean(net, torch.randn_like(hr), cond, torch.tensor([0.0]))
+        regression = PartialDiffusionInferer(objective="regression", clip_denoised="off").sample(
+            cond, reg.eval(), method="regression")
+    torch.testing.assert_close(at_zero, regression, atol=1e-5, rtol=0)
+    # the trained model's file says what it predicts, and loads with it
+    summary = Trainer(config, tmp_path / "run", device="cpu", max_steps=2, progress=False).run()
+    assert load_model(summary["model"]).inferer.prediction == "x0"

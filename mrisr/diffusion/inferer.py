@@ -15,7 +15,8 @@ from typing import Any, Literal, get_args
 import torch
 from monai.inferers import Inferer
 
-from mrisr.diffusion.objectives import OBJECTIVES, LossType, Objective, predict_noise, predict_regression, training_loss
+from mrisr.diffusion.objectives import (OBJECTIVES, PREDICTIONS, LossType, Objective, Prediction, predict_noise,
+                                        predict_regression, training_loss)
 from mrisr.diffusion.samplers import (DEFAULT_DDIM_STEPS, SAMPLERS, Clip, Generators, SamplerName, SamplingPlan,
                                       ancestral_sample, apply_clip, condition_range, ddim_sample, partial_start,
                                       plan_sampling, randn)
@@ -56,6 +57,10 @@ class PartialDiffusionInferer(Inferer):
             ``"off"`` does not clip.
         autocast_dtype: run the network under ``torch.autocast`` with this dtype while sampling
             (e.g. ``torch.bfloat16``); None runs it in its own precision.
+        prediction: what a diffusion network predicts: ``"eps"`` (the noise, the paper's choice)
+            or ``"x0"`` (the clean image as a residual on the condition, like the regression
+            model, so that a diffusion model can start from regression weights); the samplers
+            get the noise either way. The regression objective ignores it.
 
     Attributes:
         network_evaluations: network calls made by the last :meth:`sample`.
@@ -64,11 +69,14 @@ class PartialDiffusionInferer(Inferer):
     def __init__(self, objective: Objective = "partdiff", train_schedule: NoiseSchedule | dict | None = None,
                  inference_schedule: NoiseSchedule | dict | None = None, k_noise_level: float = 0.25,
                  loss: LossType = "l1", clip_denoised: float | str | None = None,
-                 autocast_dtype: torch.dtype | None = None) -> None:
+                 autocast_dtype: torch.dtype | None = None, prediction: Prediction = "eps") -> None:
         super().__init__()
         if objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        if prediction not in PREDICTIONS:
+            raise ConfigError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
         self.objective = objective
+        self.prediction = prediction
         self.train_schedule = _schedule(train_schedule, TRAINING_SCHEDULE)
         self.inference_schedule = _schedule(inference_schedule, INFERENCE_SCHEDULE)
         self.k_noise_level = float(k_noise_level)
@@ -86,10 +94,15 @@ class PartialDiffusionInferer(Inferer):
         self.network_evaluations = 0
 
     def config(self) -> dict[str, Any]:
-        """Everything needed to rebuild this inferer (saved with a model's weights)."""
-        return {"objective": self.objective, "train_schedule": self.train_schedule.config(),
-                "inference_schedule": self.inference_schedule.config(), "k_noise_level": self.k_noise_level,
-                "loss": self.loss, "clip_denoised": self.clip_denoised}
+        """Everything needed to rebuild this inferer (saved with a model's weights; ``prediction``
+        only where it is not the default ``"eps"``, so files of noise-predicting models keep the
+        layout earlier mrisr versions read)."""
+        config = {"objective": self.objective, "train_schedule": self.train_schedule.config(),
+                  "inference_schedule": self.inference_schedule.config(), "k_noise_level": self.k_noise_level,
+                  "loss": self.loss, "clip_denoised": self.clip_denoised}
+        if self.prediction != "eps":
+            config["prediction"] = self.prediction
+        return config
 
     def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, condition: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, **kwargs: Any) -> torch.Tensor:
@@ -111,7 +124,8 @@ class PartialDiffusionInferer(Inferer):
         if condition.shape != inputs.shape:
             raise ConfigError(f"condition {tuple(condition.shape)} and inputs {tuple(inputs.shape)} differ in shape")
         return training_loss(network, inputs, condition, self.objective, self.train_schedule,
-                             self.k_noise_level if self.objective == "partdiff" else None, self.loss, generator)
+                             self.k_noise_level if self.objective == "partdiff" else None, self.loss, generator,
+                             self.prediction)
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None or self.autocast_dtype == torch.float32:
@@ -130,7 +144,7 @@ class PartialDiffusionInferer(Inferer):
         def eps(x_t: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
             self.network_evaluations += 1
             with self._autocast(x_t.device):
-                return predict_noise(network, x_t.to(lowres.dtype), lowres, level).float()
+                return predict_noise(network, x_t.to(lowres.dtype), lowres, level, self.prediction).float()
 
         return eps
 

@@ -11,6 +11,13 @@ linear in ``(x_t, x_0)``, the interpolated posterior of Eq. (18) is the ordinary
 the blended image, and its noise-parameterised target is the same ``eps``. ``t`` is the
 continuous training step of the noise level, so ``lambda`` is a fixed function of the level
 and any inference schedule can be used.
+
+What the network predicts (``prediction``). ``"eps"`` (the paper's and SR3's choice): the noise.
+``"x0"``: the clean image, as a residual on the condition like the regression model
+(``x0_hat = condition + network(...)``), trained with the loss on ``x0``; the samplers still see
+``eps = (x_t - sqrt(alpha_bar) x0_hat) / sqrt(1 - alpha_bar)``, exact for any ``x0_hat``. Its use: a
+diffusion model can start from a trained regression model's weights (same network, same output)
+and learn only what the noisy image adds.
 """
 
 from __future__ import annotations
@@ -27,9 +34,12 @@ from mrisr.errors import ConfigError
 __all__ = [
     "Objective",
     "OBJECTIVES",
+    "Prediction",
+    "PREDICTIONS",
     "LossType",
     "alignment_weight",
     "noisy_input",
+    "predict_clean",
     "predict_noise",
     "predict_regression",
     "training_loss",
@@ -38,6 +48,8 @@ __all__ = [
 Objective = Literal["partdiff", "sr3", "regression"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 LossType = Literal["l1", "l2"]
+Prediction = Literal["eps", "x0"]
+PREDICTIONS: tuple[str, ...] = get_args(Prediction)
 
 
 def alignment_weight(noise_level: torch.Tensor, schedule: NoiseSchedule, k_noise_level: float) -> torch.Tensor:
@@ -52,13 +64,36 @@ def alignment_weight(noise_level: torch.Tensor, schedule: NoiseSchedule, k_noise
     return (1.0 - t / k).clamp(0.0, 1.0)
 
 
-def predict_noise(network: Callable, x_t: torch.Tensor, condition: torch.Tensor,
-                  noise_level: torch.Tensor) -> torch.Tensor:
-    """``eps_theta(x_t, condition, level)``: the network on ``[condition, x_t]``."""
+def _levels(noise_level: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
     level = noise_level.to(x_t.device, torch.float32).reshape(-1)
-    if level.numel() == 1:
-        level = level.expand(x_t.shape[0])
-    return network(torch.cat([condition, x_t], dim=1), level)
+    return level.expand(x_t.shape[0]) if level.numel() == 1 else level
+
+
+def predict_clean(network: Callable, x_t: torch.Tensor, condition: torch.Tensor,
+                  noise_level: torch.Tensor) -> torch.Tensor:
+    """``x0_hat`` of an ``"x0"``-predicting network: the condition plus its output, float32."""
+    out = network(torch.cat([condition, x_t], dim=1), _levels(noise_level, x_t))
+    return condition.float() + out.float()
+
+
+def predict_noise(network: Callable, x_t: torch.Tensor, condition: torch.Tensor,
+                  noise_level: torch.Tensor, prediction: Prediction = "eps") -> torch.Tensor:
+    """``eps_theta(x_t, condition, level)``: the network on ``[condition, x_t]``.
+
+    For an ``"x0"``-predicting network, the noise its clean image implies:
+    ``(x_t - s x0_hat) / sqrt(1 - s^2)`` with ``s`` the level (computed in float64, returned in
+    float32).
+    """
+    level = _levels(noise_level, x_t)
+    if prediction == "eps":
+        return network(torch.cat([condition, x_t], dim=1), level)
+    if prediction != "x0":
+        raise ConfigError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
+    x0 = predict_clean(network, x_t, condition, level).double()
+    # in float64 from the level as given: near level 1, 1 - s^2 loses digits in float32
+    s = noise_level.to(x_t.device, torch.float64).reshape(-1)
+    s = (s.expand(x_t.shape[0]) if s.numel() == 1 else s).view(-1, *([1] * (x_t.ndim - 1)))
+    return ((x_t.double() - s * x0) / torch.sqrt((1.0 - s * s).clamp_min(1e-12))).float()
 
 
 def predict_regression(network: Callable, condition: torch.Tensor) -> torch.Tensor:
@@ -94,12 +129,14 @@ def noisy_input(hr: torch.Tensor, condition: torch.Tensor, objective: Objective,
 
 def training_loss(network: Callable, hr: torch.Tensor, condition: torch.Tensor, objective: Objective,
                   schedule: NoiseSchedule, k_noise_level: float | None = None, loss: LossType = "l1",
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, prediction: Prediction = "eps") -> torch.Tensor:
     """One batch's loss for ``objective``.
 
     ``"sr3"`` draws levels over the whole schedule; ``"partdiff"`` only at or below the
     partial-diffusion start (``t <= K``) with latent alignment; ``"regression"`` predicts the
-    image directly. The noise target is ``eps`` in both diffusion objectives (Eq. 15).
+    image directly. The noise target is ``eps`` in both diffusion objectives (Eq. 15); with
+    ``prediction="x0"`` the target is the clean image the noisy input was made from instead (the
+    blended image under latent alignment, ``hr`` for SR3).
 
     Returns:
         A scalar tensor.
@@ -108,6 +145,8 @@ def training_loss(network: Callable, hr: torch.Tensor, condition: torch.Tensor, 
         raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if loss not in ("l1", "l2"):
         raise ConfigError(f"loss must be l1 or l2, got {loss!r}")
+    if prediction not in PREDICTIONS:
+        raise ConfigError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
     distance = F.l1_loss if loss == "l1" else F.mse_loss
     if objective == "regression":
         return distance(predict_regression(network, condition).float(), hr.float())
@@ -121,4 +160,11 @@ def training_loss(network: Callable, hr: torch.Tensor, condition: torch.Tensor, 
     noise = torch.randn(hr.shape, generator=generator, device=generator.device if generator is not None else "cpu",
                         dtype=hr.dtype).to(hr.device)
     x_t = noisy_input(hr, condition, objective, schedule, k_noise_level, noise, level)
+    if prediction == "x0":
+        if objective == "partdiff":
+            lam = alignment_weight(level, schedule, k_noise_level).to(hr.dtype).view(-1, *([1] * (hr.ndim - 1)))
+            target = lam * hr + (1.0 - lam) * condition
+        else:
+            target = hr
+        return distance(predict_clean(network, x_t, condition, level), target.float())
     return distance(predict_noise(network, x_t, condition, level).float(), noise.float())

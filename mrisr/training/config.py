@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mrisr.data import AUGMENTATIONS, DATA_KINDS
-from mrisr.diffusion import INFERENCE_SCHEDULE, OBJECTIVES, TRAINING_SCHEDULE
+from mrisr.diffusion import INFERENCE_SCHEDULE, OBJECTIVES, PREDICTIONS, TRAINING_SCHEDULE
 from mrisr.errors import ConfigError, require_int
 from mrisr.transforms import PAIR_KINDS, ROBUST_PERCENTILES
 
@@ -23,6 +23,9 @@ DEFAULTS: dict[str, Any] = {
     "name": "mrisr",
     "seed": 0,
     "objective": "partdiff",
+    # what a diffusion network predicts: eps (the noise, the paper's) or x0 (the clean image as a
+    # residual on the condition, so a diffusion model can start from a regression model's weights)
+    "prediction": "eps",
     "k_noise_level": 0.25,
     "task": {"plane": "in", "factor": 4, "pairs": "in", "blur_sigma_max": 1.5},
     # kind "images": PNG / JPEG natural images with `channels` 1 or 3, resized to `image_size`
@@ -167,6 +170,7 @@ class Field:
 SCHEMA: dict[str, Field] = {
     "seed": Field("int", minimum=0),
     "objective": Field("choice", choices=OBJECTIVES),
+    "prediction": Field("choice", choices=PREDICTIONS),
     "k_noise_level": Field("number", minimum=1e-6, below=1.0),
     "task.plane": Field("choice", choices=("in", "through")),
     "task.pairs": Field("choice", choices=PAIR_KINDS),
@@ -214,6 +218,9 @@ def _validate(config: dict[str, Any]) -> None:
     for key, field_ in SCHEMA.items():
         field_.check(key, _value(config, key))
     task, data = config["task"], config["data"]
+    if config["objective"] == "regression" and config["prediction"] != "eps":
+        raise ConfigError("prediction applies to the diffusion objectives (partdiff, sr3); the regression "
+                          "objective always predicts the image")
     if (task["plane"] == "in") != (task["pairs"] == "in"):
         raise ConfigError(f"task.pairs {task['pairs']!r} does not train task.plane {task['plane']!r} "
                           "(in-plane models use 'in' pairs; through-plane ones 'through' or 'selfsup')")

@@ -89,7 +89,7 @@ class Trainer:
         self.inferer = PartialDiffusionInferer(
             objective=config["objective"], train_schedule=config["schedules"]["train"],
             inference_schedule=config["schedules"]["inference"], k_noise_level=config["k_noise_level"],
-            loss=config["optim"]["loss"])
+            loss=config["optim"]["loss"], prediction=config["prediction"])
         self.model_config = model_config(
             self.net_kwargs, self.inferer, plane=task["plane"], factor=task["factor"],
             normalisation=dict(norm),
@@ -210,8 +210,18 @@ class Trainer:
         loaded = load_model(p)
         if loaded.config["network"] != self.net_kwargs:
             raise ConfigError(f"init_from {p}: its network config differs from this one")
-        self.network.load_state_dict(loaded.network.state_dict())
-        self.ema.load_state_dict(loaded.network.state_dict())
+        state = loaded.network.state_dict()
+        if loaded.objective == "regression" and self.inferer.objective != "regression":
+            # a regression model saw zeros in the noisy channels: its weights there never learnt
+            # anything. Zeroed, the start computes exactly what the regression model computed at
+            # level 0 whatever the noisy image (its output still shifts with the level embedding)
+            half = self.net_kwargs["in_channels"] // 2
+            state = dict(state)
+            state["stem.weight"] = state["stem.weight"].clone()
+            state["stem.weight"][:, half:] = 0
+            logger.info("the noisy-image inputs of the regression model's first convolution set to zero")
+        self.network.load_state_dict(state)
+        self.ema.load_state_dict(state)
         logger.info("initialised from %s", p)
 
     # ---------------------------------------------------------------------------- loop
