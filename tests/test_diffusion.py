@@ -466,3 +466,42 @@ def test_prediction_is_stored_only_where_it_is_not_the_default():
     assert PartialDiffusionInferer(**eps.config()).prediction == "eps"
     with pytest.raises(ConfigError, match="prediction must be one of eps, x0, got 'v'"):
         PartialDiffusionInferer(prediction="v")
+
+
+class _CopyingAtTheEnd(_CleanOracle):
+    """The blend oracle, except where the noise has all but vanished: there, as any denoiser
+    must, it returns the clean image its input holds (``x_t / s``) rather than the one it was
+    trained to predict at that level."""
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        copy = x[:, 1:] / level.view(-1, 1, 1, 1) - x[:, :1]
+        return torch.where(level.view(-1, 1, 1, 1) > 0.9999, copy, super().forward(x, level))
+
+
+def test_aligned_jumps_hand_each_step_the_blend_it_was_trained_on():
+    """Under latent alignment the network's clean image at level t is the blend LR + lambda_t
+    (HR - LR). A plain DDIM jump carries that blend to the next level, where the network expects
+    more of HR: with a last evaluation that can only copy its input (the noise is ~0 at step 1),
+    plain DDIM returns the blend of the previous evaluated step, in closed form; jumps that rescale
+    the blend to the next level's lambda return HR. (On the shipped models the option helped in one
+    setting only, so it is not the default: docs/ablations.md.)"""
+    hr, lowres = _pair()
+    inferer = PartialDiffusionInferer(objective="partdiff", k_noise_level=0.71, clip_denoised="off", prediction="x0")
+    net = _CopyingAtTheEnd(hr, 0.71)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+    steps = ddim_steps(inferer.k, 4)
+    assert steps == [25, 17, 9, 1]
+    plain = inferer.sample(lowres, net, sampler="ddim", steps=4, generators=gens(), aligned=False)
+    sched = inferer.inference_schedule
+    lam9 = float(alignment_weight(torch.tensor([sched.noise_level(9)]), inferer.train_schedule, 0.71))
+    assert 0.6 < lam9 < 0.75
+    torch.testing.assert_close(plain, lowres + lam9 * (hr - lowres), atol=0.02, rtol=0)
+    assert torch.equal(plain, inferer.sample(lowres, net, sampler="ddim", steps=4, generators=gens()))  # the default
+    aligned = inferer.sample(lowres, net, sampler="ddim", steps=4, generators=gens(), aligned=True)
+    torch.testing.assert_close(aligned, hr, atol=0.02, rtol=0)
+    assert float((plain - hr).abs().max()) > 0.2
+    # SR3 and the regression objective have no blend: the option changes nothing there
+    sr3 = PartialDiffusionInferer(objective="sr3", clip_denoised="off")
+    a = sr3.sample(lowres, _acting_net(0), sampler="ddim", steps=4, generators=gens(), aligned=True)
+    b = sr3.sample(lowres, _acting_net(0), sampler="ddim", steps=4, generators=gens(), aligned=False)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)

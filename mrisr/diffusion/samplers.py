@@ -196,12 +196,18 @@ def ddim_steps(k: int, n: int) -> list[int]:
 
 
 def ddim_sample(eps_model: EpsModel, x_start: torch.Tensor, schedule: NoiseSchedule, k: int, n_steps: int,
-                clip: Clip = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+                clip: Clip = None, progress: Callable[[int], None] | None = None,
+                alignment: tuple[torch.Tensor, Callable[[int], float], float] | None = None) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) from step ``k`` with ``n_steps`` network evaluations.
 
     Between chosen steps ``tau > tau'``: ``x0 = (x_tau - sqrt(1 - ab_tau) eps) / sqrt(ab_tau)``,
     ``x_tau' = sqrt(ab_tau') x0 + sqrt(1 - ab_tau') eps``; the final jump goes to
     ``alpha_bar_0 = 1``, i.e. returns the last ``x0``.
+
+    ``alignment = (anchor, weight, least)``: latent-aligned jumps. A latent-aligned model's ``x0``
+    at step ``t`` is the blend ``anchor + weight(t) (HR - anchor)``; from steps with ``weight(t) >=
+    least`` the jump carries ``anchor + weight(tau') / weight(t) (x0 - anchor)``, the blend the
+    model was trained to see at ``tau'`` (weight 1 at the end), instead of the blend of ``t``.
 
     Returns:
         ``x_0``, float32.
@@ -217,6 +223,11 @@ def ddim_sample(eps_model: EpsModel, x_start: torch.Tensor, schedule: NoiseSched
         if clip is not None:  # keep eps consistent with the clipped x0
             eps = (x - math.sqrt(ab) * x0) / math.sqrt(1.0 - ab)
         ab_next = float(schedule.alpha_bar[steps[i + 1]]) if i + 1 < len(steps) else 1.0
+        if alignment is not None:
+            anchor, weight, least = alignment
+            lam, lam_next = weight(t), (weight(steps[i + 1]) if i + 1 < len(steps) else 1.0)
+            if lam >= least:
+                x0 = apply_clip(anchor + (lam_next / lam) * (x0 - anchor), clip)
         x = math.sqrt(ab_next) * x0 + math.sqrt(1.0 - ab_next) * eps
         if progress is not None:
             progress(1)
