@@ -159,7 +159,8 @@ class PartialDiffusionInferer(Inferer):
                sampler: SamplerName = "ancestral", steps: int | None = None, k: int | None = None,
                generators: Generators = None, progress: Callable[[int], None] | None = None,
                start: torch.Tensor | None = None,
-               condition_bounds: tuple[torch.Tensor, torch.Tensor] | None = None, aligned: bool = False) -> torch.Tensor:
+               condition_bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+               aligned: bool = False) -> torch.Tensor:
         """Super-resolve a batch.
 
         Args:
