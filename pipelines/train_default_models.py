@@ -50,7 +50,7 @@ RUNS = [
         "partdiff", "in"),
     Run("inplane_x4_sr3", "prostatex_inplane_x4_sr3.yaml", "prostatex_inplane_x4_sr3.safetensors", "sr3", "in"),
     Run("through_x6_partdiff", "prostatex_through_x6_partdiff.yaml", "prostatex_through_x6_partdiff.safetensors",
-        "partdiff", "through"),
+        "partdiff", "through", validation_planes=("cor", "sag")),
     Run("through_x6_regression", "prostatex_through_x6_regression.yaml", None, "regression", "through",
         validation_planes=("cor", "sag")),
 ]
