@@ -38,15 +38,19 @@ class NaturalRun:
 
 def natural_runs(regression_model: str | None = None, sr3_model: str | None = None,
                  partdiff_models: list[str] | None = None, ddim_steps: int = 4,
-                 sr3_partial_k: tuple[int, ...] = (25, 50)) -> list[NaturalRun]:
-    """The paper's rows for the models given: bicubic; regression; SR3 with T = 100; SR3
-    sampled partially from ``sr3_partial_k`` with no alignment; each PartDiff model from its own
-    K (ancestral, the paper's) and with DDIM ``ddim_steps`` (0: not)."""
+                 sr3_partial_k: tuple[int, ...] = (25, 50), self_ensemble: bool = False) -> list[NaturalRun]:
+    """The paper's rows for the models given: bicubic; regression (``self_ensemble``: also the
+    mean of its outputs over the image's eight turns and flips); SR3 with T = 100; SR3 sampled
+    partially from ``sr3_partial_k`` with no alignment; each PartDiff model from its own K
+    (ancestral, the paper's) and with DDIM ``ddim_steps`` (0: not)."""
     from mrisr.models import load_model
 
     runs = [NaturalRun("Bicubic", "bicubic")]
     if regression_model:
         runs.append(NaturalRun("Regression", "regression", regression_model))
+        if self_ensemble:
+            runs.append(NaturalRun("Regression, self-ensemble", "regression", regression_model,
+                                   {"self_ensemble": True}))
     if sr3_model:
         runs.append(NaturalRun("SR3 (T = 100)", "sr3", sr3_model))
         runs += [NaturalRun(f"SR3 partial, no alignment (K = {k})", "partdiff", sr3_model, {"steps": k})
@@ -67,6 +71,9 @@ def add_run_arguments(parser: Any, batch_size: int = 8) -> None:
     parser.add_argument("--sr3-model", help="a natural-image SR3 model (also sampled partially from K = 25, 50)")
     parser.add_argument("--partdiff-model", nargs="+", help="PartDiff models, each run from its own K")
     parser.add_argument("--ddim-steps", type=int, default=4, help="also run PartDiff with DDIM (0: not)")
+    parser.add_argument("--self-ensemble", action="store_true",
+                        help="also run the regression model as the mean over the image's eight turns and flips "
+                             "(8 network passes per image)")
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -74,7 +81,8 @@ def add_run_arguments(parser: Any, batch_size: int = 8) -> None:
 
 def runs_from_arguments(args: Any) -> list[NaturalRun]:
     """:func:`natural_runs` for the options of :func:`add_run_arguments`."""
-    return natural_runs(args.regression_model, args.sr3_model, args.partdiff_model, args.ddim_steps)
+    return natural_runs(args.regression_model, args.sr3_model, args.partdiff_model, args.ddim_steps,
+                        self_ensemble=bool(getattr(args, "self_ensemble", False)))
 
 
 def load_test_pairs(files: list[str | os.PathLike], size: int | None, factor: int, channels: int = 3
