@@ -82,7 +82,7 @@ def add_run_arguments(parser: Any, batch_size: int = 8) -> None:
 def runs_from_arguments(args: Any) -> list[NaturalRun]:
     """:func:`natural_runs` for the options of :func:`add_run_arguments`."""
     return natural_runs(args.regression_model, args.sr3_model, args.partdiff_model, args.ddim_steps,
-                        self_ensemble=bool(getattr(args, "self_ensemble", False)))
+                        self_ensemble=args.self_ensemble)
 
 
 def load_test_pairs(files: list[str | os.PathLike], size: int | None, factor: int, channels: int = 3

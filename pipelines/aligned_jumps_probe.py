@@ -17,10 +17,18 @@ import tempfile
 
 import torch
 
-import mrisr.training.validation as validation
+from mrisr.diffusion import PartialDiffusionInferer
 from mrisr.errors import MrisrError
 from mrisr.models import load_model
 from mrisr.training import Trainer, load_config
+from mrisr.training.validation import validate_network
+
+
+class AlignedInferer(PartialDiffusionInferer):
+    """The same inferer, sampling with aligned DDIM jumps."""
+
+    def sample(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        return super().sample(*args, aligned=True, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,19 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         with tempfile.TemporaryDirectory() as tmp:
             bank = Trainer(config, tmp, device="cpu", progress=False).val_bank
-            base = validation.PartialDiffusionInferer
-            for aligned in (False, True):
-                class Inferer(base):  # type: ignore[misc, valid-type]
-                    def sample(self, *a, **k):  # noqa: ANN002, ANN003, ANN202
-                        return super().sample(*a, aligned=aligned, **k)
-
-                validation.PartialDiffusionInferer = Inferer
-                try:
-                    row = validation.validate_network(model.network, bank, config, model.inferer,
-                                                      {"method": "partdiff", "sampler": "ddim", "steps": args.steps},
-                                                      torch.device("cpu"), args.precision)
-                finally:
-                    validation.PartialDiffusionInferer = base
+            for inferer in (model.inferer, AlignedInferer(**model.inferer.config())):
+                row = validate_network(model.network, bank, config, inferer,
+                                       {"method": "partdiff", "sampler": "ddim", "steps": args.steps},
+                                       torch.device("cpu"), args.precision)
+                aligned = isinstance(inferer, AlignedInferer)
                 print(json.dumps({"aligned": aligned, **{k: round(float(v), 3) for k, v in row.items()}}), flush=True)
     except MrisrError as exc:
         print(f"aligned_jumps_probe: {exc}", file=sys.stderr)

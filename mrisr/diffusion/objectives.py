@@ -64,8 +64,9 @@ def alignment_weight(noise_level: torch.Tensor, schedule: NoiseSchedule, k_noise
     return (1.0 - t / k).clamp(0.0, 1.0)
 
 
-def _levels(noise_level: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
-    level = noise_level.to(x_t.device, torch.float32).reshape(-1)
+def _levels(noise_level: torch.Tensor, x_t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(B,)`` levels for the batch ``x_t`` (one given level serves all)."""
+    level = noise_level.to(x_t.device, dtype).reshape(-1)
     return level.expand(x_t.shape[0]) if level.numel() == 1 else level
 
 
@@ -91,8 +92,7 @@ def predict_noise(network: Callable, x_t: torch.Tensor, condition: torch.Tensor,
         raise ConfigError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
     x0 = predict_clean(network, x_t, condition, level).double()
     # in float64 from the level as given: near level 1, 1 - s^2 loses digits in float32
-    s = noise_level.to(x_t.device, torch.float64).reshape(-1)
-    s = (s.expand(x_t.shape[0]) if s.numel() == 1 else s).view(-1, *([1] * (x_t.ndim - 1)))
+    s = _levels(noise_level, x_t, torch.float64).view(-1, *([1] * (x_t.ndim - 1)))
     return ((x_t.double() - s * x0) / torch.sqrt((1.0 - s * s).clamp_min(1e-12))).float()
 
 
@@ -101,6 +101,18 @@ def predict_regression(network: Callable, condition: torch.Tensor) -> torch.Tens
     pass, as a residual on the condition, with an empty noisy channel and level 0."""
     zeros = torch.zeros(condition.shape[0], device=condition.device)
     return condition + network(torch.cat([condition, torch.zeros_like(condition)], dim=1), zeros)
+
+
+def clean_target(hr: torch.Tensor, condition: torch.Tensor, objective: Objective, schedule: NoiseSchedule,
+                 k_noise_level: float | None, noise_level: torch.Tensor) -> torch.Tensor:
+    """The clean image a training step's noisy input is made from: the blend ``lambda hr + (1 -
+    lambda) condition`` of latent alignment (Sec. 4.3) for ``"partdiff"``, ``hr`` otherwise."""
+    if objective != "partdiff":
+        return hr
+    if k_noise_level is None:
+        raise ConfigError("the partdiff objective needs k_noise_level")
+    lam = alignment_weight(noise_level, schedule, k_noise_level).to(hr.dtype).view(-1, *([1] * (hr.ndim - 1)))
+    return lam * hr + (1.0 - lam) * condition
 
 
 def noisy_input(hr: torch.Tensor, condition: torch.Tensor, objective: Objective, schedule: NoiseSchedule,
@@ -117,14 +129,8 @@ def noisy_input(hr: torch.Tensor, condition: torch.Tensor, objective: Objective,
         noise: ``eps``, same shape as ``hr``.
         noise_level: ``(B,)`` levels ``sqrt(alpha_bar)``.
     """
-    if objective == "partdiff":
-        if k_noise_level is None:
-            raise ConfigError("the partdiff objective needs k_noise_level")
-        lam = alignment_weight(noise_level, schedule, k_noise_level).to(hr.dtype).view(-1, *([1] * (hr.ndim - 1)))
-        x0 = lam * hr + (1.0 - lam) * condition
-    else:
-        x0 = hr
-    return schedule.add_noise(x0, noise, noise_level)
+    return schedule.add_noise(clean_target(hr, condition, objective, schedule, k_noise_level, noise_level), noise,
+                              noise_level)
 
 
 def training_loss(network: Callable, hr: torch.Tensor, condition: torch.Tensor, objective: Objective,
@@ -159,12 +165,8 @@ def training_loss(network: Callable, hr: torch.Tensor, condition: torch.Tensor, 
                                          device=generator.device if generator is not None else "cpu").to(hr.device)
     noise = torch.randn(hr.shape, generator=generator, device=generator.device if generator is not None else "cpu",
                         dtype=hr.dtype).to(hr.device)
-    x_t = noisy_input(hr, condition, objective, schedule, k_noise_level, noise, level)
+    target = clean_target(hr, condition, objective, schedule, k_noise_level, level)
+    x_t = schedule.add_noise(target, noise, level)
     if prediction == "x0":
-        if objective == "partdiff":
-            lam = alignment_weight(level, schedule, k_noise_level).to(hr.dtype).view(-1, *([1] * (hr.ndim - 1)))
-            target = lam * hr + (1.0 - lam) * condition
-        else:
-            target = hr
         return distance(predict_clean(network, x_t, condition, level), target.float())
     return distance(predict_noise(network, x_t, condition, level).float(), noise.float())

@@ -52,8 +52,8 @@ def validate_network(network: torch.nn.Module, val_bank: PlaneBank | ImageBank, 
             groups.setdefault(str(val_bank.planes[i].shape), []).append(i)
         series = {val_bank.sources[i]: [i] for i in idx}
         wanted = 0
-    inferer = PartialDiffusionInferer(**inferer.config(), autocast_dtype=torch.bfloat16
-                                      if precision == "bf16" else None)
+    # the inferer's own class (a subclass may change how it samples), in the validation's precision
+    inferer = type(inferer)(**inferer.config(), autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
     rows: list[dict[str, Any]] = []
     evaluations = inferer.plan(**sampling).network_evaluations  # per plane, whatever the batch
     batch = int(cfg["batch_size"])
