@@ -39,6 +39,7 @@ __all__ = [
     "LossType",
     "alignment_weight",
     "noisy_input",
+    "clean_target",
     "predict_clean",
     "predict_noise",
     "predict_regression",
