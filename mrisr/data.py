@@ -289,6 +289,27 @@ def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
 AUGMENTATIONS = ("flips", "dihedral")
 
 
+def zoom_plane(plane: np.ndarray, scale: float) -> np.ndarray:
+    """An ``(H, W)`` or ``(C, H, W)`` plane resized by ``scale`` in both axes (anti-aliased
+    bicubic when shrinking; sizes rounded, at least 1 pixel)."""
+    h, w = plane.shape[-2:]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if size == (h, w):
+        return plane
+    x = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))
+    x = x[None, None] if x.ndim == 2 else x[None]
+    out = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=scale < 1.0)
+    return out[0, 0].numpy() if plane.ndim == 2 else out[0].numpy()
+
+
+def gamma_curve(x: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Normalised intensities (the robust span mapped to [-1, 1]) through a gamma curve: with
+    ``u = (x + 1) / 2``, ``u -> sign(u) |u|^gamma``, so -1 and 1 (the span's ends) stay where they
+    are and the curve is monotonic everywhere, including outside the span."""
+    u = (x + 1.0) / 2.0
+    return 2.0 * torch.sign(u) * u.abs().pow(gamma) - 1.0
+
+
 def _pad_to(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
     """Reflect-pad ``(C, H, W)`` symmetrically along ``dim`` (1 or 2) up to ``size``."""
     short = size - x.shape[dim]
@@ -319,14 +340,28 @@ class PairCropper:
             multiples of 90 degrees and flipped up-down, all eight symmetries of the square,
             which the isotropic in-plane degradation commutes with (through-plane pairs stay
             with flips: their degradation runs along rows only).
+        zoom_min: below 1, each plane is first shrunk by ``s ~ U(zoom_min, 1)`` (anti-aliased
+            bicubic, both axes): the same anatomy at a coarser pixel size, a new high-resolution
+            plane whose pair is then made as usual. 1: off.
+        gamma_max: above 1, the window's intensities pass through a gamma curve with
+            ``log(gamma) ~ U(-log(gamma_max), log(gamma_max))`` (:func:`gamma_curve`) before the
+            degradation, so the condition is the degraded curved image. 1: off.
+
+    Random draws come in a fixed order (zoom, gamma, window, flips, turns), and zoom and gamma
+    draw nothing when off, so a run without them draws exactly what it drew before they existed.
     """
 
     def __init__(self, kind: str, factor: int, crop: int, blur_sigma_max: float = 0.0,
-                 augment: str = "flips") -> None:
+                 augment: str = "flips", zoom_min: float = 1.0, gamma_max: float = 1.0) -> None:
         if kind not in PAIR_KINDS:
             raise ConfigError(f"pair kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
         if augment not in AUGMENTATIONS:
             raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
+        if not 0.1 <= zoom_min <= 1.0:
+            raise ConfigError(f"data.zoom_min must be in [0.1, 1] (1: no zoom), got {zoom_min!r}")
+        if not 1.0 <= gamma_max <= 10.0:
+            raise ConfigError(f"data.gamma_max must be in [1, 10] (1: no gamma), got {gamma_max!r}")
+        self.zoom_min, self.gamma_max = float(zoom_min), float(gamma_max)
         self.augment = augment
         self.kind = kind
         self.factor = int(factor)
@@ -351,11 +386,18 @@ class PairCropper:
         """``(C, crop, crop)`` high-resolution crop and its condition, from an ``(H, W)`` plane
         (C = 1) or a ``(C, H, W)`` one (e.g. an RGB image)."""
         (fh, fw), (mh, mw) = self.factors, self.margins
+        if self.zoom_min < 1.0:
+            plane = zoom_plane(plane, float(rng.uniform(self.zoom_min, 1.0)))
+        gamma = None
+        if self.gamma_max > 1.0:
+            gamma = math.exp(float(rng.uniform(-math.log(self.gamma_max), math.log(self.gamma_max))))
         h, w = plane.shape[-2] // fh * fh, plane.shape[-1] // fw * fw
         r0, r1, dr = self._window(h, fh, mh, rng)
         c0, c1, dc = self._window(w, fw, mw, rng)
         window = torch.from_numpy(np.ascontiguousarray(plane[..., r0:r1, c0:c1], dtype=np.float32))
         window = window[None, None] if window.ndim == 2 else window[None]
+        if gamma is not None:
+            window = gamma_curve(window, gamma)
         if self._in is not None:
             self._in.sigma = float(rng.uniform(0.0, self.blur_sigma_max)) if self.blur_sigma_max > 0 else 0.0
             cond = self._in(window, randomize=False)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrisr.data import PairBatches, PairCropper, batch_indices
+from mrisr.data import PairBatches, PairCropper, batch_indices, gamma_curve, zoom_plane
 from mrisr.errors import ConfigError
 from mrisr.transforms import InPlaneDegrade, ThroughPlaneDegrade
 
@@ -113,3 +113,44 @@ def test_through_plane_pairs_are_never_turned_and_unknown_augmentations_are_refu
     np.testing.assert_array_equal(hr_f.numpy(), hr_d.numpy())
     with pytest.raises(ConfigError, match="data.augment"):
         PairCropper("in", 4, 48, augment="rotate")
+
+
+@pytest.mark.parametrize("kind,factor", [("in", 4), ("through", 6)])
+def test_a_zoomed_pair_is_the_pair_of_the_shrunk_plane(kind, factor):
+    """Zoom shrinks the plane first (its draw comes first), then the pair is made as usual."""
+    plane = _smooth_plane(240, 204, seed=6)
+    hr, cond = PairCropper(kind, factor, 48, zoom_min=0.75)(plane, _FixedRng([2, 3]))  # s = 0.75
+    shrunk = zoom_plane(plane, 0.75)
+    assert shrunk.shape == (180, 153)
+    ref_hr, ref_cond = PairCropper(kind, factor, 48)(shrunk, _FixedRng([2, 3]))
+    np.testing.assert_array_equal(hr.numpy(), ref_hr.numpy())
+    np.testing.assert_array_equal(cond.numpy(), ref_cond.numpy())
+
+
+def test_zoom_keeps_constants_and_ramps_and_refuses_bad_scales():
+    np.testing.assert_allclose(zoom_plane(np.full((64, 48), 0.3, np.float32), 0.6), 0.3, rtol=0, atol=1e-6)
+    # a linear ramp shrunk by 1/2 is the ramp at the new cells' centres, away from the border
+    y, x = np.mgrid[0:64, 0:64].astype(np.float32)
+    out = zoom_plane(0.01 * y + 0.02 * x, 0.5)
+    cy, cx = np.mgrid[0:32, 0:32] * 2.0 + 0.5
+    np.testing.assert_allclose(out[4:-4, 4:-4], (0.01 * cy + 0.02 * cx)[4:-4, 4:-4], rtol=0, atol=1e-5)
+    assert zoom_plane(np.zeros((3, 40, 40), np.float32), 0.5).shape == (3, 20, 20)
+    with pytest.raises(ConfigError, match="zoom_min"):
+        PairCropper("in", 4, 48, zoom_min=0.0)
+    with pytest.raises(ConfigError, match="gamma_max"):
+        PairCropper("in", 4, 48, gamma_max=0.5)
+
+
+def test_gamma_curve_closed_form_and_the_condition_is_the_degraded_curved_plane():
+    x = torch.tensor([-1.0, 0.0, 1.0, -1.2, 1.5])
+    u = (x + 1) / 2
+    np.testing.assert_allclose(gamma_curve(x, 2.0).numpy(), (2 * torch.sign(u) * u.abs() ** 2 - 1).numpy())
+    assert gamma_curve(x, 2.0)[[0, 1, 2]].tolist() == [-1.0, -0.5, 1.0]
+    ramp = torch.linspace(-1.5, 1.5, 101)
+    assert bool((gamma_curve(ramp, 0.6).diff() > 0).all()) and bool((gamma_curve(ramp, 1.7).diff() > 0).all())
+    plane = _smooth_plane(120, 96, seed=8)
+    hr, cond = PairCropper("in", 4, 48, gamma_max=2.0)(plane, _FixedRng([3, 5]))  # gamma = 1 / 2
+    curved = gamma_curve(torch.from_numpy(plane), 0.5).numpy()
+    ref_hr, ref_cond = PairCropper("in", 4, 48)(curved, _FixedRng([3, 5]))
+    np.testing.assert_allclose(hr.numpy(), ref_hr.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(cond.numpy(), ref_cond.numpy(), rtol=0, atol=1e-6)

@@ -34,7 +34,10 @@ DEFAULTS: dict[str, Any] = {
              "datalist": None, "glob": None, "validation_glob": None, "planes": None,
              "normalisation": {"kind": "robust", "lower": ROBUST_PERCENTILES[0], "upper": ROBUST_PERCENTILES[1]},
              "crop": 96, "num_workers": 0,
-             "augment": "flips"},
+             "augment": "flips",
+             # below 1: planes shrunk by s ~ U(zoom_min, 1) first; above 1: intensities through a
+             # random gamma in [1 / gamma_max, gamma_max] (log-uniform); 1: off (mrisr.data.PairCropper)
+             "zoom_min": 1.0, "gamma_max": 1.0},
     "network": {"preset": "small"},
     "schedules": {"train": dict(TRAINING_SCHEDULE), "inference": dict(INFERENCE_SCHEDULE)},
     "optim": {"lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "grad_accum": 1, "ema_decay": 0.999,
@@ -182,6 +185,8 @@ SCHEMA: dict[str, Field] = {
     "data.crop": Field("int", minimum=8),
     "data.num_workers": Field("int", minimum=0),
     "data.augment": Field("choice", choices=AUGMENTATIONS),
+    "data.zoom_min": Field("number", minimum=0.1, maximum=1.0),
+    "data.gamma_max": Field("number", minimum=1.0, maximum=10.0),
     "optim.lr": Field("number", minimum=0.0),
     "optim.weight_decay": Field("number", minimum=0.0),
     "optim.batch_size": Field("int", minimum=1),
