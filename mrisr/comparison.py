@@ -54,6 +54,8 @@ def method_runs(plane: str) -> list[MethodRun]:
     runs += [MethodRun("PartDiff, latent alignment", "partdiff", "partdiff"),
              MethodRun("PartDiff, DDIM 8 steps", "partdiff", "partdiff", {"sampler": "ddim", "steps": 8}),
              MethodRun("PartDiff, DDIM 4 steps", "partdiff", "partdiff", {"sampler": "ddim", "steps": 4}),
+             MethodRun("PartDiff, DDIM 4 steps, aligned jumps", "partdiff", "partdiff",
+                       {"sampler": "ddim", "steps": 4, "aligned_jumps": True}),
              MethodRun("PartDiff, DDIM 2 steps", "partdiff", "partdiff", {"sampler": "ddim", "steps": 2}),
              MethodRun("PartDiff, DDIM 4 steps, mean of 4 samples", "partdiff", "partdiff",
                        {"sampler": "ddim", "steps": 4}, samples=4)]

@@ -393,3 +393,34 @@ def test_self_ensemble_in_a_region_of_interest_draws_the_whole_planes_noise():
     np.testing.assert_allclose(part.volume.data, full.volume.data[crop], rtol=0, atol=1e-3)
     single = upsample_volume(vol, "in", 2, **{**run, "self_ensemble": None}).volume.data[crop]
     assert np.abs(single - full.volume.data[crop]).max() > 10.0  # the ensemble averages other noise
+
+
+def test_aligned_jumps_reach_the_sampler_and_only_where_they_apply(tmp_path, tiny_models, monkeypatch):
+    """--aligned-jumps is the inferer's ``aligned=True``: a run with it equals a plain run whose
+    every DDIM call is forced aligned, differs from the plain run, and is named in the header;
+    it is refused for the ancestral sampler and for models that are not latent-aligned."""
+    vol, _ = _volume(tmp_path)
+    run = dict(method="partdiff", model=str(tiny_models["partdiff"]), sampler="ddim", steps=4, seed=3, clip=False)
+    aligned = upsample_volume(vol, "in", 2, aligned_jumps=True, **run)
+    plain = upsample_volume(vol, "in", 2, **run)
+    assert aligned.volume.metadata["mrisr_provenance"]["aligned_jumps"] is True
+    assert "aligned_jumps" not in plain.volume.metadata["mrisr_provenance"]
+    assert np.abs(aligned.volume.data - plain.volume.data).max() > 1.0
+    sample = PartialDiffusionInferer.sample
+    monkeypatch.setattr(PartialDiffusionInferer, "sample",
+                        lambda self, *a, **kw: sample(self, *a, **{**kw, "aligned": True}))
+    forced = upsample_volume(vol, "in", 2, **run)
+    np.testing.assert_array_equal(forced.volume.data, aligned.volume.data)
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="aligned-jumps"):
+        upsample_volume(vol, "in", 2, **{**run, "sampler": "ancestral", "steps": None}, aligned_jumps=True)
+    with pytest.raises(ConfigError, match="aligned-jumps"):
+        upsample_volume(vol, "in", 2, **{**run, "model": str(tiny_models["sr3"])}, aligned_jumps=True)
+    with pytest.raises(ConfigError, match="takes no --aligned-jumps"):
+        upsample_volume(vol, "in", 2, method="bicubic", aligned_jumps=True)
+    (tmp_path / "cli").mkdir()
+    _, path = _volume(tmp_path / "cli")
+    result = run_mrisr("upsample", path, "--plane", "in", "--factor", "2", "--method", "partdiff", "--model",
+                       tiny_models["regression"], "--aligned-jumps", "-o", tmp_path / "cli_sr.nii.gz")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "aligned-jumps" in result.stderr or "objective" in result.stderr

@@ -229,6 +229,8 @@ class _Learned:
     consistent_with: Callable[[torch.Tensor], torch.Tensor] | None = None
     # --self-ensemble: how many symmetries of the plane (plane_symmetries) each output averages
     ensemble: int = 1
+    # --aligned-jumps: DDIM jumps of a latent-aligned model rescale the blend they hand on
+    aligned: bool = False
 
     @property
     def consistent(self) -> bool:
@@ -282,7 +284,7 @@ class _Learned:
             self.network_evaluations += 1
         out = self.model.inferer.sample(condition, self.model.network, method=self.method, sampler=self.sampler,
                                         steps=self.steps, k=self.k, generators=generators, start=start,
-                                        condition_bounds=bounds)
+                                        condition_bounds=bounds, aligned=self.aligned)
         self.network_evaluations += self.model.inferer.network_evaluations
         return out
 
@@ -291,7 +293,7 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
                    sampler: str | None = None, steps: int | None = None, precision: Precision | None = None,
                    k: int | None = None, start: str | None = None, start_model: str | None = None,
                    evaluations: int | None = None, consistent: bool | None = None, self_ensemble: bool | None = None,
-                   **_: Any) -> PlaneUpsampler:
+                   aligned_jumps: bool | None = None, **_: Any) -> PlaneUpsampler:
     from mrisr.diffusion import SAMPLERS
     from mrisr.models import LoadedModel, default_model, load_model, load_start_model, shipped_models
 
@@ -364,6 +366,10 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
             raise ConfigError(f"{loaded.path.name} is latent-aligned for K = {inferer.k}: it was trained for steps up "
                               f"to {inferer.k} only, so --k must be at most {inferer.k}, got {k}")
     _check_data_kind(loaded, plan)
+    if aligned_jumps and (method != "partdiff" or sampler != "ddim" or loaded.objective != "partdiff"):
+        raise ConfigError("--aligned-jumps applies to DDIM sampling (--method partdiff --sampler ddim) of a "
+                          f"latent-aligned model; {loaded.path.name} runs {method} with the {sampler} sampler "
+                          f"and was trained for {loaded.objective}")
     consistent_with = None
     if consistent:
         from mrisr.transforms import plane_degradation
@@ -387,6 +393,7 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
                        k=k, start_model=start_loaded, consistent_with=consistent_with,
                        ensemble=len(plane_symmetries(getattr(plan, "plane_factors", (plan.factor, plan.factor))))
                        if self_ensemble else 1,
+                       aligned=bool(aligned_jumps),
                        intensity=model_percentiles(loaded.config),
                        # ancestral steps add noise; DDIM is deterministic given its noisy start
                        stochastic=method != "regression")

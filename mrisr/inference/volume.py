@@ -149,7 +149,8 @@ def _provenance(volume: Volume, method: str, plane: str, factor: int, extras: di
     prov: dict[str, Any] = {"software": "mrisr", "version": __version__, "method": method, "plane": plane,
                             "factor": int(factor), "input": Path(str(volume.metadata.get("path", ""))).name or None}
     for key in ("model_name", "model_sha256", "adaptation", "sampler", "steps", "k", "start", "seed", "samples",
-                "precision", "self_ensemble", "consistent_with_input", "clipped_to_input_range", "roi"):
+                "precision", "self_ensemble", "aligned_jumps", "consistent_with_input", "clipped_to_input_range",
+                "roi"):
         if extras.get(key) is not None:
             prov["network_evaluations_per_plane" if key == "steps" else key] = extras[key]
     return prov
@@ -255,7 +256,9 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
             range; with ``roi`` the projection covers the box and its context;
             ``self_ensemble=True`` averages the output over the plane's symmetries that commute with
             the degradation (:func:`mrisr.inference.methods.plane_symmetries`: eight in-plane, four
-            through-plane), at that many times the network evaluations.
+            through-plane), at that many times the network evaluations; ``aligned_jumps=True``
+            (partdiff, DDIM, a latent-aligned model) rescales the blend each DDIM jump hands on
+            (:meth:`mrisr.diffusion.PartialDiffusionInferer.sample`'s ``aligned``).
 
     Returns:
         The result, whose volume has the plan's output shape and affine (with ``roi``: the plan of
@@ -385,6 +388,7 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
                        "precision": getattr(upsampler, "precision", None),
                        "self_ensemble": (getattr(upsampler, "ensemble", 1) if getattr(upsampler, "ensemble", 1) > 1
                                          else None),
+                       "aligned_jumps": True if getattr(upsampler, "aligned", False) else None,
                        "consistent_with_input": True if getattr(upsampler, "consistent", False) else None})
     provenance = _provenance(volume, method, plane, factor, extras)
     out.metadata["mrisr_provenance"] = {**provenance, "map": "mean" if samples > 1 else "image"}
