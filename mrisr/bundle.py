@@ -127,14 +127,15 @@ def _versions() -> dict[str, str]:
 
 
 def _metadata(config: dict[str, Any], name: str, entry: Any, method: str, sampler: str | None,
-              steps: int | None) -> dict[str, Any]:
+              steps: int | None, aligned: bool = False) -> dict[str, Any]:
     task = config["task"]
     plane, factor = task["plane"], int(task["factor"])
     what = ("thinner slices (through-plane)" if plane == "through" else "sharper in-plane detail")
     degradation = task.get("degradation", {}).get("description", "")
     training = config.get("training", {})
     sampling = ("one network pass" if method == "regression" else
-                f"{sampler or 'ancestral'} sampler" + (f", {steps} network evaluations per plane" if steps else ""))
+                f"{sampler or 'ancestral'} sampler" + (f", {steps} network evaluations per plane" if steps else "")
+                + (", latent-aligned jumps" if aligned else ""))
     from mrisr.bundle_text import AUTHORS, COPYRIGHT, DATA_SOURCE, INTENDED_USE, REFERENCES
 
     return {
@@ -162,7 +163,7 @@ def _metadata(config: dict[str, Any], name: str, entry: Any, method: str, sample
         "references": REFERENCES,
         "network_data_format": _network_data_format(config),
         "mrisr": {"model": name, "method": method, "plane": plane, "factor": factor, "sampler": sampler,
-                  "steps": steps, "objective": config["inferer"]["objective"],
+                  "steps": steps, "aligned_jumps": aligned, "objective": config["inferer"]["objective"],
                   "trained_steps": config.get("exported_from_step"),
                   "training_recipe": {k: training.get(k) for k in ("optim", "task", "data") if k in training}},
     }
@@ -191,8 +192,8 @@ def _config_base(config: dict[str, Any], device: str, output_dir: str) -> dict[s
     }
 
 
-def _inference_config(config: dict[str, Any], method: str, sampler: str | None, steps: int | None
-                      ) -> dict[str, Any]:
+def _inference_config(config: dict[str, Any], method: str, sampler: str | None, steps: int | None,
+                      aligned: bool = False) -> dict[str, Any]:
     task = config["task"]
     return {
         **_config_base(config, "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')", "eval"),
@@ -201,6 +202,7 @@ def _inference_config(config: dict[str, Any], method: str, sampler: str | None, 
         "method": method,
         "sampler": sampler,
         "steps": steps,
+        "aligned_jumps": aligned,
         "k": None,
         "seed": 0,
         "samples": 1,
@@ -216,7 +218,8 @@ def _inference_config(config: dict[str, Any], method: str, sampler: str | None, 
         "dataset": {"_target_": "Dataset", "data": "@dataset_data", "transform": "@preprocessing"},
         "inferer": {"_target_": "mrisr.bundle.VolumeInferer", "network": "@network", "model_config": "@mrisr_model",
                     "checkpoint": "@model_path", "plane": "@plane", "factor": "@factor", "method": "@method",
-                    "sampler": "@sampler", "steps": "@steps", "k": "@k", "seed": "@seed", "samples": "@samples",
+                    "sampler": "@sampler", "steps": "@steps", "aligned_jumps": "@aligned_jumps", "k": "@k",
+                    "seed": "@seed", "samples": "@samples",
                     "self_ensemble": "@self_ensemble", "consistent": "@consistent", "batch_size": "@batch_size",
                     "precision": "@precision", "device": "@device"},
         "postprocessing": {"_target_": "mrisr.bundle.VolumeWriter", "output_dir": "@output_dir", "postfix": "sr",
@@ -312,8 +315,9 @@ def export_bundle(out_dir: str | os.PathLike, model: str | None = None, method: 
     if method not in runs:
         raise ConfigError(f"{name} (objective {loaded.objective}) runs --method {' or '.join(runs)}, not {method}")
     # the sampler mrisr upsample would choose: the registry's, or what an own model's file stores
-    defaults = {"sampler": entry.sampler, "steps": entry.steps} if entry is not None else config.get("defaults") or {}
+    defaults = entry.sampling_defaults if entry is not None else config.get("defaults") or {}
     sampler, steps = (defaults.get("sampler"), defaults.get("steps")) if method == "partdiff" else (None, None)
+    aligned = bool(defaults.get("aligned_jumps")) and sampler == "ddim"
 
     out = Path(out_dir)
     if out.exists():
@@ -328,7 +332,7 @@ def export_bundle(out_dir: str | os.PathLike, model: str | None = None, method: 
         raise OutputError(f"cannot write in {parent} (permission denied)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{_PARTIAL}{os.getpid()}-", dir=parent))
     try:
-        _write_bundle(tmp, config, state, loaded.network, name, entry, method, sampler, steps)
+        _write_bundle(tmp, config, state, loaded.network, name, entry, method, sampler, steps, aligned)
         mode = output_mode(out / "x")  # the user's umask for files; folders also get execute
         for root, dirs, files in os.walk(tmp):
             os.chmod(root, mode | ((mode & 0o444) >> 2))
@@ -349,12 +353,13 @@ def export_bundle(out_dir: str | os.PathLike, model: str | None = None, method: 
 
 
 def _write_bundle(root: Path, config: dict[str, Any], state: dict[str, torch.Tensor], network: torch.nn.Module,
-                  name: str, entry: Any, method: str, sampler: str | None, steps: int | None) -> None:
+                  name: str, entry: Any, method: str, sampler: str | None, steps: int | None,
+                  aligned: bool = False) -> None:
     from mrisr.bundle_text import license_text, readme
 
     for sub in ("configs", "models", "docs"):
         (root / sub).mkdir()
-    metadata = _metadata(config, name, entry, method, sampler, steps)
+    metadata = _metadata(config, name, entry, method, sampler, steps, aligned)
     # the weights as the model file stores them (the shipped ones are bf16; mrisr runs them in fp32)
     torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, root / "models" / "model.pt")
     size = (root / "models" / "model.pt").stat().st_size
@@ -365,7 +370,7 @@ def _write_bundle(root: Path, config: dict[str, Any], state: dict[str, torch.Ten
     dump = {"indent": 2, "sort_keys": False}
     (root / "configs" / "metadata.json").write_text(json.dumps(metadata, **dump) + "\n")
     (root / "configs" / "inference.json").write_text(
-        json.dumps(_inference_config(config, method, sampler, steps), **dump) + "\n")
+        json.dumps(_inference_config(config, method, sampler, steps, aligned), **dump) + "\n")
     (root / "configs" / "train.json").write_text(json.dumps(_train_config(config), **dump) + "\n")
     (root / "configs" / "logging.conf").write_text(_LOGGING_CONF)
     (root / "LICENSE").write_text(license_text())
@@ -432,11 +437,14 @@ class VolumeInferer:
         plane, factor, method, sampler, steps, k, seed, samples, self_ensemble, consistent, batch_size,
             precision, device: as for ``mrisr upsample`` (``self_ensemble`` and ``consistent``: its
             ``--self-ensemble`` and ``--consistent``).
+        aligned_jumps: ``mrisr upsample --aligned-jumps`` (the export sets it where the model's
+            default sampler has it).
     """
 
     def __init__(self, network: torch.nn.Module, model_config: dict[str, Any], checkpoint: str | os.PathLike,
                  plane: str, factor: int, method: str, sampler: str | None = None, steps: int | None = None,
-                 k: int | None = None, seed: int = 0, samples: int = 1, self_ensemble: bool = False,
+                 aligned_jumps: bool = False, k: int | None = None, seed: int = 0, samples: int = 1,
+                 self_ensemble: bool = False,
                  consistent: bool = False, batch_size: int = 8, precision: str = "auto",
                  device: str | torch.device = "cpu") -> None:
         from mrisr.devices import resolve_precision
@@ -460,6 +468,7 @@ class VolumeInferer:
         self.network.load_state_dict(self.model.network.state_dict())
         self.plane, self.factor, self.method = plane, int(factor), method
         self.options = {"sampler": sampler, "steps": steps, "k": k, "precision": self.precision,
+                        "aligned_jumps": True if aligned_jumps else None,
                         # as the command line passes its flags: None when off
                         "self_ensemble": True if self_ensemble else None, "consistent": True if consistent else None}
         self.seed, self.samples, self.batch_size = int(seed), int(samples), int(batch_size)

@@ -119,10 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="learned methods: average the model's outputs for the turned and flipped input (the "
                     "eight symmetries of the square in-plane, the four flips through-plane), at 8 / 4 times the "
                     "network evaluations (docs/models.md)")
-    up.add_argument("--aligned-jumps", action="store_true",
-                    help="partdiff with --sampler ddim (the shipped default): each DDIM jump hands the next step "
-                    "the blend of high and low resolution that step was trained on, instead of the blend of the "
-                    "step it leaves (docs/method.md)")
+    up.add_argument("--aligned-jumps", action=argparse.BooleanOptionalAction, default=None,
+                    help="partdiff with the DDIM sampler: each DDIM jump hands the next step the blend of high and "
+                    "low resolution that step was trained on, instead of the blend of the step it leaves "
+                    "(docs/method.md); on by default for the shipped PartDiff models' default sampler, "
+                    "--no-aligned-jumps turns it off")
     up.add_argument("--adapt", nargs="?", const="auto", metavar="N",
                     help="fine-tune the model for N steps on pairs cut from this input's own slices before "
                          "upsampling (test-time self-supervision; N defaults to 400 on a GPU, 50 on a CPU); "
@@ -455,7 +456,7 @@ def _upsample_one(args: argparse.Namespace, options: dict[str, Any], volume: Any
                            evaluations=options["evaluations"], start=args.start, start_model=args.start_model,
                            clip=not args.no_clip, consistent=True if args.consistent else None,
                            self_ensemble=True if args.self_ensemble else None,
-                           aligned_jumps=True if args.aligned_jumps else None, adapt=options["adapt"],
+                           aligned_jumps=args.aligned_jumps, adapt=options["adapt"],
                            save_adapted=save_adapted, roi=roi,
                            on_start=on_start)
 

@@ -63,6 +63,9 @@ def method_runs(plane: str) -> list[MethodRun]:
     runs += [MethodRun(f"PartDiff from regression start (K = {k}), DDIM {min(k, 4)}", "partdiff", "partdiff",
                        {"sampler": "ddim", "steps": min(k, 4), "k": k, "start": "regression"}, start_role="regression")
              for k in (5, 10, 15)]
+    runs += [MethodRun("PartDiff from regression start (K = 10), DDIM 4, aligned jumps", "partdiff", "partdiff",
+                       {"sampler": "ddim", "steps": 4, "k": 10, "start": "regression", "aligned_jumps": True},
+                       start_role="regression")]
     return runs
 
 

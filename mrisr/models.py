@@ -274,6 +274,8 @@ class ShippedModel:
         factors: the factors it serves (its own, plus any the benchmark showed it also serves well).
         sampler, steps: what ``mrisr upsample`` runs when the user names neither (None: ancestral
             sampling from the model's own K).
+        aligned_jumps: with that default DDIM sampler, whether its jumps are latent-aligned
+            (``mrisr upsample --aligned-jumps``; measured on the model before it is set).
         description: one line for docs and errors.
         eval_metrics: what was measured on held-out data, with its protocol (docs/models.md).
         input_spacing_mm: the range of low-resolution spacing (along the upsampled axes) it was
@@ -289,6 +291,7 @@ class ShippedModel:
     factors: tuple[int, ...] = ()
     sampler: str | None = None
     steps: int | None = None
+    aligned_jumps: bool = False
     description: str = ""
     eval_metrics: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     input_spacing_mm: tuple[float, float] | None = None
@@ -296,6 +299,11 @@ class ShippedModel:
     @property
     def path(self) -> Path:
         return Path(__file__).resolve().parent / "weights" / self.file
+
+    @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """What :func:`mrisr.inference.methods.default_sampling` applies for this model."""
+        return {"sampler": self.sampler, "steps": self.steps, "aligned_jumps": self.aligned_jumps}
 
     def serves(self, method: str, plane: str, factor: int) -> bool:
         return method in self.methods and plane == self.plane and factor in (self.factors or (self.factor,))
@@ -310,7 +318,8 @@ def shipped_models() -> list[ShippedModel]:
     return [ShippedModel(name=m["name"], file=m["file"], sha256=m["sha256"], methods=tuple(m["methods"]),
                          plane=m["plane"], factor=int(m["factor"]),
                          factors=tuple(int(f) for f in m.get("factors", [m["factor"]])),
-                         sampler=m.get("sampler"), steps=m.get("steps"), description=m.get("description", ""),
+                         sampler=m.get("sampler"), steps=m.get("steps"),
+                         aligned_jumps=bool(m.get("aligned_jumps", False)), description=m.get("description", ""),
                          eval_metrics=dict(m.get("eval_metrics", {})),
                          input_spacing_mm=tuple(m["input_spacing_mm"]) if m.get("input_spacing_mm") else None)
             for m in blob.get("models", [])]

@@ -92,6 +92,8 @@ def main() -> int:
     parser.add_argument("--factors", nargs="+", type=int, help="factors it serves (default: its own)")
     parser.add_argument("--sampler", choices=["ancestral", "ddim"], help="default sampler of --method partdiff")
     parser.add_argument("--steps", type=int, help="default --steps of --method partdiff")
+    parser.add_argument("--aligned-jumps", action="store_true",
+                        help="with --sampler ddim: the default sampler's jumps are latent-aligned")
     parser.add_argument("--description", default="")
     parser.add_argument("--eval-from-validation", action="store_true",
                         help="store the run's validation at the exported step as eval_metrics")
@@ -115,7 +117,7 @@ def main() -> int:
         entry = {"name": args.register, "file": path.name, "sha256": digest, "methods": args.methods,
                  "plane": config["task"]["plane"], "factor": config["task"]["factor"],
                  "factors": args.factors or [config["task"]["factor"]], "sampler": args.sampler,
-                 "steps": args.steps,
+                 "steps": args.steps, **({"aligned_jumps": True} if args.aligned_jumps else {}),
                  "objective": config["inferer"]["objective"], "step": int(blob["step"]),
                  "description": args.description}
         if args.eval_from_validation:

@@ -77,7 +77,7 @@ def test_layout_and_weights_are_the_shipped_model(bundle):
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["required_packages_version"]["mrisr"]
     assert meta["mrisr"] == {**meta["mrisr"], "method": "partdiff", "plane": "through", "factor": 6,
-                             "sampler": "ddim", "steps": 4}
+                             "sampler": "ddim", "steps": 4, "aligned_jumps": True}
     assert meta["eval_metrics"]["psnr_gain_over_bicubic_db_mean"] > 0
     readme = (bundle / "docs" / "README.md").read_text()
     assert "monai.bundle run" in readme and "Intended use" in readme

@@ -48,6 +48,7 @@ def test_registry_files_checksums_and_size_budget():
         for method in model.methods:
             assert config["inferer"]["objective"] == OBJECTIVE[method], (model.name, method)
         assert model.sampler in (None, "ancestral", "ddim")
+        assert not model.aligned_jumps or (model.sampler == "ddim" and "partdiff" in model.methods)
         assert model.factor in model.factors
         # no path of the machine that trained it (pipelines/export_model.py makes them portable)
         absolute = [v for v in _strings(config) if v.startswith("/") or v[1:3] == ":\\"]
@@ -281,3 +282,36 @@ def test_registry_decides_which_factors_a_model_serves(monkeypatch):
                            steps=2).volume.shape == (12, 10, 2)
     with pytest.raises(ConfigError, match="was trained for --plane in --factor 4"):
         upsample_volume(lr, "in", 2, method="partdiff", model=str(other.path), steps=3)
+
+
+def test_default_sampling_rule_with_aligned_jumps():
+    """The registry's sampler, steps and aligned jumps apply together when no --sampler is given
+    (the jumps only from the diffused LR image at the model's K); --no-aligned-jumps (False)
+    keeps the rest of the default; a named sampler takes none of them."""
+    from mrisr.inference.methods import default_sampling
+
+    shipped = {"sampler": "ddim", "steps": 4, "aligned_jumps": True}
+    assert default_sampling("partdiff", shipped, None, None, None) == ("ddim", 4, True)
+    # only from the start they were measured on: not with --k, not from the regression start
+    assert default_sampling("partdiff", shipped, None, None, 10) == ("ddim", 4, None)
+    assert default_sampling("partdiff", shipped, None, None, None, start="regression") == ("ddim", 4, None)
+    assert default_sampling("partdiff", shipped, None, None, None, start="lowres") == ("ddim", 4, True)
+    assert default_sampling("partdiff", shipped, None, None, None, aligned_jumps=False) == ("ddim", 4, False)
+    assert default_sampling("partdiff", shipped, "ddim", None, None) == ("ddim", None, None)
+    assert default_sampling("partdiff", shipped, "ancestral", None, None) == ("ancestral", None, None)
+    assert default_sampling("partdiff", {"sampler": "ddim", "steps": 4}, None, None, None) == ("ddim", 4, None)
+    assert default_sampling("regression", shipped, None, None, None) == (None, None, None)
+
+
+def test_shipped_partdiff_default_runs_aligned_jumps_and_the_flag_turns_them_off():
+    entry = default_model("partdiff", "in", 4)
+    assert entry.aligned_jumps and entry.sampler == "ddim" and entry.steps == 4
+    rng = np.random.default_rng(0)
+    vol = Volume(rng.uniform(100, 900, size=(24, 20, 2)).astype(np.float32), make_affine("LPS", (2.0, 2.0, 3.6)))
+    default = upsample_volume(vol, "in", 4, method="partdiff", seed=1)
+    explicit = upsample_volume(vol, "in", 4, method="partdiff", sampler="ddim", steps=4, aligned_jumps=True, seed=1)
+    plain = upsample_volume(vol, "in", 4, method="partdiff", aligned_jumps=False, seed=1)
+    assert default.volume.metadata["mrisr_provenance"]["aligned_jumps"] is True
+    assert "aligned_jumps" not in plain.volume.metadata["mrisr_provenance"]
+    np.testing.assert_array_equal(default.volume.data, explicit.volume.data)
+    assert np.abs(default.volume.data - plain.volume.data).max() > 1.0

@@ -185,9 +185,9 @@ class PartialDiffusionInferer(Inferer):
             aligned: DDIM with a latent-aligned (``"partdiff"``) model only: each jump hands the next
                 step the blend of its own level, ``lowres + (lambda_next / lambda_t) (x0_hat -
                 lowres)``, instead of the blend of the step it leaves (from steps with lambda of at
-                least :data:`ALIGNED_LEAST_WEIGHT`). Off by default: it lifted the in-plane x4 model
-                with 4 evaluations and lowered it with 8, and lowered the through-plane model
-                (docs/ablations.md).
+                least :data:`ALIGNED_LEAST_WEIGHT`). Off unless asked: it lowered two of three
+                noise-predicting models and lifted both clean-image models shipped since, whose
+                registry entries ask for it (docs/ablations.md).
 
         Returns:
             ``(B, C, H, W)`` float32.

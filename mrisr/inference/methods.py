@@ -304,8 +304,8 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
     elif model is None:
         shipped = default_model(method, plan.plane, plan.factor)
         model, expected_sha256, served = str(shipped.path), shipped.sha256, True
-        sampler, steps = default_sampling(method, {"sampler": shipped.sampler, "steps": shipped.steps},
-                                           sampler, steps, k, evaluations)
+        sampler, steps, aligned_jumps = default_sampling(method, shipped.sampling_defaults, sampler, steps, k,
+                                                         evaluations, aligned_jumps, start)
     else:
         served = any(m.serves(method, plan.plane, plan.factor) and m.path == Path(model).resolve()
                      for m in shipped_models())
@@ -318,8 +318,8 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
         loaded = load_model(model, device=device, autocast_dtype=dtype, expected_sha256=expected_sha256)
     shipped_entry = next((m for m in shipped_models() if m.path == loaded.path.resolve()), None)
     if expected_sha256 is None:  # your own model: the default its file stores (set by mrisr train)
-        sampler, steps = default_sampling(method, loaded.config.get("defaults") or {}, sampler, steps, k,
-                                           evaluations)
+        sampler, steps, aligned_jumps = default_sampling(method, loaded.config.get("defaults") or {}, sampler,
+                                                         steps, k, evaluations, aligned_jumps, start)
     if loaded.objective not in OBJECTIVES_FOR[method]:
         raise ConfigError(f"--method {method} needs a model trained with objective "
                           f"{' or '.join(OBJECTIVES_FOR[method])}, but {loaded.path.name} was trained for "
@@ -426,17 +426,24 @@ def _check_data_kind(loaded: Any, plan: Any) -> None:
 
 
 def default_sampling(method: str, defaults: dict[str, Any], sampler: str | None, steps: int | None,
-                      k: int | None, evaluations: int | None = None) -> tuple[str | None, int | None]:
+                     k: int | None, evaluations: int | None = None, aligned_jumps: bool | None = None,
+                     start: str | None = None) -> tuple[str | None, int | None, bool | None]:
     """The one rule for PartDiff's default sampler (docs/cli.md): the model's default sampler
     (the registry's for a shipped model, the file's for your own) whenever no ``--sampler`` is
     given; its step count only when no ``--steps`` / ``--evaluations`` is given either (at most
-    ``--k``)."""
+    ``--k``); its aligned jumps only from the start they were measured on, the diffused LR image
+    at the model's own K (not with ``--k`` or ``--start regression``, where they cost 0.2-0.3 dB,
+    docs/ablations.md), and unless ``--aligned-jumps`` / ``--no-aligned-jumps`` says otherwise.
+    Returns ``(sampler, steps, aligned_jumps)``."""
     if method != "partdiff" or sampler is not None or not defaults.get("sampler"):
-        return sampler, steps
+        return sampler, steps, aligned_jumps
     default_steps = defaults.get("steps")
     if steps is None and evaluations is None and default_steps is not None:
         steps = int(default_steps) if k is None else min(int(default_steps), k)
-    return defaults["sampler"], steps
+    if (aligned_jumps is None and defaults.get("aligned_jumps") and defaults["sampler"] == "ddim" and k is None
+            and start in (None, "lowres")):
+        aligned_jumps = True
+    return defaults["sampler"], steps, aligned_jumps
 
 
 @register_method("partdiff", "Partial Diffusion: start at step K from the diffused LR image (--model)", learned=True)

@@ -89,10 +89,11 @@ def _adapted_options(volume: Volume, plan: UpsamplingPlan, method: str, device: 
     if model is None:
         shipped = default_model(method, plan.plane, plan.factor)
         model, expected = str(shipped.path), shipped.sha256
-        defaults = {"sampler": shipped.sampler, "steps": shipped.steps}
+        defaults = shipped.sampling_defaults
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device, expected_sha256=expected)
-    out["sampler"], out["steps"] = default_sampling(method, defaults or loaded.config.get("defaults") or {},
-                                                     out.get("sampler"), out.get("steps"), out.get("k"))
+    out["sampler"], out["steps"], out["aligned_jumps"] = default_sampling(
+        method, defaults or loaded.config.get("defaults") or {}, out.get("sampler"), out.get("steps"), out.get("k"),
+        aligned_jumps=out.get("aligned_jumps"), start=out.get("start"))
     if (loaded.plane, loaded.factor) != (plan.plane, plan.factor):
         raise ConfigError(f"{loaded.path.name} was trained for --plane {loaded.plane} --factor {loaded.factor}, "
                           f"not --plane {plan.plane} --factor {plan.factor}")
