@@ -307,6 +307,7 @@ def export_bundle(out_dir: str | os.PathLike, model: str | None = None, method: 
     loaded = build_model(config, state, path)  # refuses a config that does not build
     name = entry.name if entry is not None else output_stem(path)
     from mrisr.inference import OBJECTIVES_FOR
+    from mrisr.inference.methods import default_sampling
 
     # what the model can run (OBJECTIVES_FOR: the one table), its registry's choice first
     runs = [m for m, objectives in OBJECTIVES_FOR.items() if loaded.objective in objectives]
@@ -316,8 +317,7 @@ def export_bundle(out_dir: str | os.PathLike, model: str | None = None, method: 
         raise ConfigError(f"{name} (objective {loaded.objective}) runs --method {' or '.join(runs)}, not {method}")
     # the sampler mrisr upsample would choose: the registry's, or what an own model's file stores
     defaults = entry.sampling_defaults if entry is not None else config.get("defaults") or {}
-    sampler, steps = (defaults.get("sampler"), defaults.get("steps")) if method == "partdiff" else (None, None)
-    aligned = bool(defaults.get("aligned_jumps")) and sampler == "ddim"
+    sampler, steps, aligned = default_sampling(method, defaults, None, None, None)
 
     out = Path(out_dir)
     if out.exists():
@@ -332,7 +332,7 @@ def export_bundle(out_dir: str | os.PathLike, model: str | None = None, method: 
         raise OutputError(f"cannot write in {parent} (permission denied)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{_PARTIAL}{os.getpid()}-", dir=parent))
     try:
-        _write_bundle(tmp, config, state, loaded.network, name, entry, method, sampler, steps, aligned)
+        _write_bundle(tmp, config, state, loaded.network, name, entry, method, sampler, steps, bool(aligned))
         mode = output_mode(out / "x")  # the user's umask for files; folders also get execute
         for root, dirs, files in os.walk(tmp):
             os.chmod(root, mode | ((mode & 0o444) >> 2))
@@ -443,10 +443,9 @@ class VolumeInferer:
 
     def __init__(self, network: torch.nn.Module, model_config: dict[str, Any], checkpoint: str | os.PathLike,
                  plane: str, factor: int, method: str, sampler: str | None = None, steps: int | None = None,
-                 aligned_jumps: bool = False, k: int | None = None, seed: int = 0, samples: int = 1,
-                 self_ensemble: bool = False,
+                 k: int | None = None, seed: int = 0, samples: int = 1, self_ensemble: bool = False,
                  consistent: bool = False, batch_size: int = 8, precision: str = "auto",
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", aligned_jumps: bool = False) -> None:
         from mrisr.devices import resolve_precision
         from mrisr.models import build_model
 
