@@ -289,16 +289,20 @@ def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
 AUGMENTATIONS = ("flips", "dihedral")
 
 
-def zoom_plane(plane: np.ndarray, scale: float) -> np.ndarray:
-    """An ``(H, W)`` or ``(C, H, W)`` plane resized by ``scale`` in both axes (anti-aliased
-    bicubic when shrinking; sizes rounded, at least 1 pixel)."""
+ZOOM_AXES = ("both", "each", "columns")
+
+
+def zoom_plane(plane: np.ndarray, scale: float | tuple[float, float]) -> np.ndarray:
+    """An ``(H, W)`` or ``(C, H, W)`` plane resized by ``scale`` (one factor for both axes, or
+    ``(rows, columns)``; anti-aliased bicubic when shrinking; sizes rounded, at least 1 pixel)."""
+    sh, sw = (scale, scale) if isinstance(scale, (int, float)) else scale
     h, w = plane.shape[-2:]
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    size = (max(1, round(h * sh)), max(1, round(w * sw)))
     if size == (h, w):
         return plane
     x = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))
     x = x[None, None] if x.ndim == 2 else x[None]
-    out = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=scale < 1.0)
+    out = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=min(sh, sw) < 1.0)
     return out[0, 0].numpy() if plane.ndim == 2 else out[0].numpy()
 
 
@@ -343,6 +347,10 @@ class PairCropper:
         zoom_min: below 1, each plane is first shrunk by ``s ~ U(zoom_min, 1)`` (anti-aliased
             bicubic, both axes): the same anatomy at a coarser pixel size, a new high-resolution
             plane whose pair is then made as usual. 1: off.
+        zoom_axes: ``"both"`` (one factor for both axes), ``"each"`` (a factor drawn for each
+            axis: new aspect ratios too) or ``"columns"`` (columns only: a through-plane pair
+            keeps its rows' spacing, so its simulated slab stays as thick as the slices it
+            serves).
         gamma_max: above 1, the window's intensities pass through a gamma curve with
             ``log(gamma) ~ U(-log(gamma_max), log(gamma_max))`` (:func:`gamma_curve`) before the
             degradation, so the condition is the degraded curved image. 1: off.
@@ -352,16 +360,19 @@ class PairCropper:
     """
 
     def __init__(self, kind: str, factor: int, crop: int, blur_sigma_max: float = 0.0,
-                 augment: str = "flips", zoom_min: float = 1.0, gamma_max: float = 1.0) -> None:
+                 augment: str = "flips", zoom_min: float = 1.0, gamma_max: float = 1.0,
+                 zoom_axes: str = "both") -> None:
         if kind not in PAIR_KINDS:
             raise ConfigError(f"pair kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
         if augment not in AUGMENTATIONS:
             raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
         if not 0.1 <= zoom_min <= 1.0:
             raise ConfigError(f"data.zoom_min must be in [0.1, 1] (1: no zoom), got {zoom_min!r}")
+        if zoom_axes not in ZOOM_AXES:
+            raise ConfigError(f"data.zoom_axes must be one of {', '.join(ZOOM_AXES)}, got {zoom_axes!r}")
         if not 1.0 <= gamma_max <= 10.0:
             raise ConfigError(f"data.gamma_max must be in [1, 10] (1: no gamma), got {gamma_max!r}")
-        self.zoom_min, self.gamma_max = float(zoom_min), float(gamma_max)
+        self.zoom_min, self.gamma_max, self.zoom_axes = float(zoom_min), float(gamma_max), zoom_axes
         self.augment = augment
         self.kind = kind
         self.factor = int(factor)
@@ -382,12 +393,19 @@ class PairCropper:
         lo, hi = max(0, start - margin), min(n, start + self.crop + margin)
         return lo, hi, start - lo
 
+    def _zoom(self, rng: np.random.Generator) -> tuple[float, float]:
+        """(rows, columns) scale factors; "each" draws the rows' first."""
+        s = float(rng.uniform(self.zoom_min, 1.0))
+        if self.zoom_axes == "columns":
+            return 1.0, s
+        return (s, float(rng.uniform(self.zoom_min, 1.0))) if self.zoom_axes == "each" else (s, s)
+
     def __call__(self, plane: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``(C, crop, crop)`` high-resolution crop and its condition, from an ``(H, W)`` plane
         (C = 1) or a ``(C, H, W)`` one (e.g. an RGB image)."""
         (fh, fw), (mh, mw) = self.factors, self.margins
         if self.zoom_min < 1.0:
-            plane = zoom_plane(plane, float(rng.uniform(self.zoom_min, 1.0)))
+            plane = zoom_plane(plane, self._zoom(rng))
         gamma = None
         if self.gamma_max > 1.0:
             gamma = math.exp(float(rng.uniform(-math.log(self.gamma_max), math.log(self.gamma_max))))

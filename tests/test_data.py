@@ -127,6 +127,37 @@ def test_a_zoomed_pair_is_the_pair_of_the_shrunk_plane(kind, factor):
     np.testing.assert_array_equal(cond.numpy(), ref_cond.numpy())
 
 
+class _UniformRng(_FixedRng):
+    """A _FixedRng whose uniform draws are the given fractions of their range, in order."""
+
+    def __init__(self, starts: list[int], fractions: list[float]):
+        super().__init__(starts)
+        self.fractions = list(fractions)
+
+    def uniform(self, low, high):
+        return low + self.fractions.pop(0) * (high - low)
+
+
+@pytest.mark.parametrize("axes,fractions,scales", [("columns", [0.0], (1.0, 0.6)),
+                                                    ("each", [0.5, 0.0], (0.8, 0.6)),
+                                                    ("both", [0.5], (0.8, 0.8))])
+def test_zoom_axes_shrink_the_axes_they_name(axes, fractions, scales):
+    """columns: the rows keep their spacing (a through-plane slab stays as thick); each: one
+    factor per axis, rows drawn first; both: one factor."""
+    plane = _smooth_plane(240, 210, seed=7)
+    hr, cond = PairCropper("through", 6, 48, zoom_min=0.6, zoom_axes=axes)(plane, _UniformRng([2, 3], fractions))
+    shrunk = zoom_plane(plane, scales)
+    assert shrunk.shape == (round(240 * scales[0]), round(210 * scales[1]))
+    ref_hr, ref_cond = PairCropper("through", 6, 48)(shrunk, _FixedRng([2, 3]))
+    np.testing.assert_array_equal(hr.numpy(), ref_hr.numpy())
+    np.testing.assert_array_equal(cond.numpy(), ref_cond.numpy())
+    # a ramp along the rows is left exactly as it was by a columns-only zoom
+    y = np.mgrid[0:64, 0:48][0].astype(np.float32)
+    np.testing.assert_allclose(zoom_plane(0.01 * y, (1.0, 0.5)), 0.01 * y[:, :24], rtol=0, atol=1e-6)
+    with pytest.raises(ConfigError, match="zoom_axes"):
+        PairCropper("in", 4, 48, zoom_min=0.7, zoom_axes="rows")
+
+
 def test_zoom_keeps_constants_and_ramps_and_refuses_bad_scales():
     np.testing.assert_allclose(zoom_plane(np.full((64, 48), 0.3, np.float32), 0.6), 0.3, rtol=0, atol=1e-6)
     # a linear ramp shrunk by 1/2 is the ramp at the new cells' centres, away from the border

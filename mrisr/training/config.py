@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mrisr.data import AUGMENTATIONS, DATA_KINDS
+from mrisr.data import AUGMENTATIONS, DATA_KINDS, ZOOM_AXES
 from mrisr.diffusion import INFERENCE_SCHEDULE, OBJECTIVES, PREDICTIONS, TRAINING_SCHEDULE
 from mrisr.errors import ConfigError, require_int
 from mrisr.transforms import PAIR_KINDS, ROBUST_PERCENTILES
@@ -36,8 +36,9 @@ DEFAULTS: dict[str, Any] = {
              "crop": 96, "num_workers": 0,
              "augment": "flips",
              # below 1: planes shrunk by s ~ U(zoom_min, 1) first; above 1: intensities through a
-             # random gamma in [1 / gamma_max, gamma_max] (log-uniform); 1: off (mrisr.data.PairCropper)
-             "zoom_min": 1.0, "gamma_max": 1.0},
+             # random gamma in [1 / gamma_max, gamma_max] (log-uniform); 1: off (mrisr.data.PairCropper);
+             # zoom_axes: both (one factor), each (one per axis) or columns (rows keep their spacing)
+             "zoom_min": 1.0, "zoom_axes": "both", "gamma_max": 1.0},
     "network": {"preset": "small"},
     "schedules": {"train": dict(TRAINING_SCHEDULE), "inference": dict(INFERENCE_SCHEDULE)},
     "optim": {"lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "grad_accum": 1, "ema_decay": 0.999,
@@ -186,6 +187,7 @@ SCHEMA: dict[str, Field] = {
     "data.num_workers": Field("int", minimum=0),
     "data.augment": Field("choice", choices=AUGMENTATIONS),
     "data.zoom_min": Field("number", minimum=0.1, maximum=1.0),
+    "data.zoom_axes": Field("choice", choices=ZOOM_AXES),
     "data.gamma_max": Field("number", minimum=1.0, maximum=10.0),
     "optim.lr": Field("number", minimum=0.0),
     "optim.weight_decay": Field("number", minimum=0.0),
