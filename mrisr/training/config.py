@@ -52,7 +52,10 @@ DEFAULTS: dict[str, Any] = {
               "channels_last": False, "compile": False},
     "checkpoint": {"every": 200, "keep": 3},
     # slices: planes per validation series (0: every plane); crop is no longer used (whole planes)
-    "validation": {"every": 1000, "slices": 0, "crop": 128, "sampler": "ddim", "steps": 4, "batch_size": 4},
+    # aligned_jumps: DDIM validation of a latent-aligned model with aligned jumps (mrisr upsample
+    # --aligned-jumps), to choose checkpoints by the sampler they will ship with
+    "validation": {"every": 1000, "slices": 0, "crop": 128, "sampler": "ddim", "steps": 4, "batch_size": 4,
+                   "aligned_jumps": False},
     "log": {"every": 10},
     "init_from": None,
 }
@@ -210,6 +213,7 @@ SCHEMA: dict[str, Field] = {
     "validation.sampler": Field("choice", choices=("ancestral", "ddim")),
     "validation.steps": Field("int", minimum=1, optional=True),
     "validation.batch_size": Field("int", minimum=1),
+    "validation.aligned_jumps": Field("bool"),
     "log.every": Field("int", minimum=1),
 }
 

@@ -274,7 +274,8 @@ class Trainer:
         if objective == "regression":
             return {"method": "regression", "sampler": "ancestral", "steps": None}
         method = "sr3" if objective == "sr3" and cfg["sampler"] == "ancestral" else "partdiff"
-        return {"method": method, "sampler": cfg["sampler"], "steps": cfg["steps"]}
+        return {"method": method, "sampler": cfg["sampler"], "steps": cfg["steps"],
+                "aligned": bool(cfg["aligned_jumps"]) and cfg["sampler"] == "ddim"}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

@@ -55,7 +55,8 @@ def validate_network(network: torch.nn.Module, val_bank: PlaneBank | ImageBank, 
     # the inferer's own class (a subclass may change how it samples), in the validation's precision
     inferer = type(inferer)(**inferer.config(), autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
     rows: list[dict[str, Any]] = []
-    evaluations = inferer.plan(**sampling).network_evaluations  # per plane, whatever the batch
+    plan = {k: v for k, v in sampling.items() if k != "aligned"}
+    evaluations = inferer.plan(**plan).network_evaluations  # per plane, whatever the batch
     batch = int(cfg["batch_size"])
     for idx in groups.values():
         if 0 < wanted < len(idx):
