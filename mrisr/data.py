@@ -306,6 +306,43 @@ def zoom_plane(plane: np.ndarray, scale: float | tuple[float, float]) -> np.ndar
     return out[0, 0].numpy() if plane.ndim == 2 else out[0].numpy()
 
 
+def _fourier_shear(x: torch.Tensor, shifts: torch.Tensor, dim: int) -> torch.Tensor:
+    """Each line of ``x`` along ``dim`` (-1: rows' lines, -2: columns') shifted by its entry of
+    ``shifts`` (pixels, one per line), by a phase ramp in the Fourier domain: exact for a
+    band-limited periodic signal, so it keeps every frequency the plane has."""
+    freqs = torch.fft.fftfreq(x.shape[dim], dtype=torch.float64)
+    ramp = shifts[:, None] * freqs[None, :] if dim == -1 else freqs[:, None] * shifts[None, :]
+    phase = torch.polar(torch.ones_like(ramp), -2.0 * math.pi * ramp).to(torch.complex64)
+    return torch.fft.ifft(torch.fft.fft(x, dim=dim) * phase, dim=dim).real
+
+
+def rotate_plane(plane: np.ndarray, degrees: float) -> np.ndarray:
+    """An ``(H, W)`` or ``(C, H, W)`` plane rotated by ``degrees`` about its centre
+    (counter-clockwise as displayed with row 0 at the top, as ``scipy.ndimage.rotate``), same size.
+
+    Three Fourier shears (x, y, x; Unser et al. 1995), each a per-line sub-pixel shift exact for
+    band-limited signals: unlike bicubic or spline interpolation, the rotation does not blur the
+    high-resolution plane, whose finest detail is what the model has to learn. MR images are
+    themselves Fourier reconstructions. The plane is reflect-padded by half its size first, so
+    what the shears wrap around stays outside the result; corners come from the reflection.
+    """
+    if abs(degrees) > 45.0:
+        raise ConfigError(f"rotate_plane: |degrees| must be at most 45 (turns of 90 cover the rest), got {degrees!r}")
+    if degrees == 0.0:
+        return plane
+    h, w = plane.shape[-2:]
+    ph, pw = h // 2, w // 2
+    pads = ((0, 0),) * (plane.ndim - 2) + ((ph, ph), (pw, pw))
+    x = torch.from_numpy(np.pad(np.asarray(plane, dtype=np.float32), pads, mode="reflect"))
+    rows = torch.arange(x.shape[-2], dtype=torch.float64) - (x.shape[-2] - 1) / 2
+    cols = torch.arange(x.shape[-1], dtype=torch.float64) - (x.shape[-1] - 1) / 2
+    t = math.radians(degrees)
+    x = _fourier_shear(x, math.tan(t / 2) * rows, -1)
+    x = _fourier_shear(x, -math.sin(t) * cols, -2)
+    x = _fourier_shear(x, math.tan(t / 2) * rows, -1)
+    return x[..., ph:ph + h, pw:pw + w].numpy()
+
+
 def gamma_curve(x: torch.Tensor, gamma: float) -> torch.Tensor:
     """Normalised intensities (the robust span mapped to [-1, 1]) through a gamma curve: with
     ``u = (x + 1) / 2``, ``u -> sign(u) |u|^gamma``, so -1 and 1 (the span's ends) stay where they
@@ -351,17 +388,22 @@ class PairCropper:
             axis: new aspect ratios too) or ``"columns"`` (columns only: a through-plane pair
             keeps its rows' spacing, so its simulated slab stays as thick as the slices it
             serves).
+        rotate_max: above 0, the plane is turned by an angle ~ U(-rotate_max, rotate_max)
+            degrees (:func:`rotate_plane`, no blur) about a random point, and the pair is made
+            from the turned neighbourhood: the crop plus its margins, cut whole (at most 45: the
+            dihedral turns cover the rest). 0: off.
         gamma_max: above 1, the window's intensities pass through a gamma curve with
             ``log(gamma) ~ U(-log(gamma_max), log(gamma_max))`` (:func:`gamma_curve`) before the
             degradation, so the condition is the degraded curved image. 1: off.
 
-    Random draws come in a fixed order (zoom, gamma, window, flips, turns), and zoom and gamma
-    draw nothing when off, so a run without them draws exactly what it drew before they existed.
+    Random draws come in a fixed order (zoom, rotation, gamma, window, flips, turns), and zoom,
+    rotation and gamma draw nothing when off (a rotation's centre takes the window's place), so a
+    run without them draws exactly what it drew before they existed.
     """
 
     def __init__(self, kind: str, factor: int, crop: int, blur_sigma_max: float = 0.0,
                  augment: str = "flips", zoom_min: float = 1.0, gamma_max: float = 1.0,
-                 zoom_axes: str = "both") -> None:
+                 zoom_axes: str = "both", rotate_max: float = 0.0) -> None:
         if kind not in PAIR_KINDS:
             raise ConfigError(f"pair kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
         if augment not in AUGMENTATIONS:
@@ -370,6 +412,9 @@ class PairCropper:
             raise ConfigError(f"data.zoom_min must be in [0.1, 1] (1: no zoom), got {zoom_min!r}")
         if zoom_axes not in ZOOM_AXES:
             raise ConfigError(f"data.zoom_axes must be one of {', '.join(ZOOM_AXES)}, got {zoom_axes!r}")
+        if not 0.0 <= rotate_max <= 45.0:
+            raise ConfigError(f"data.rotate_max must be in [0, 45] degrees (0: no rotation), got {rotate_max!r}")
+        self.rotate_max = float(rotate_max)
         if not 1.0 <= gamma_max <= 10.0:
             raise ConfigError(f"data.gamma_max must be in [1, 10] (1: no gamma), got {gamma_max!r}")
         self.zoom_min, self.gamma_max, self.zoom_axes = float(zoom_min), float(gamma_max), zoom_axes
@@ -393,6 +438,22 @@ class PairCropper:
         lo, hi = max(0, start - margin), min(n, start + self.crop + margin)
         return lo, hi, start - lo
 
+    def _turned(self, plane: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The crop-plus-margins neighbourhood of a random point, turned by a random angle: cut
+        from a square that holds its turned footprint (reflected where the plane is smaller)."""
+        angle = float(rng.uniform(-self.rotate_max, self.rotate_max))
+        mh, mw = self.margins
+        lh, lw = self.crop + 2 * mh, self.crop + 2 * mw
+        side = math.ceil(math.hypot(lh, lw)) + 2
+        h, w = plane.shape[-2:]
+        cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
+        pads = ((0, 0),) * (plane.ndim - 2) + ((side, side), (side, side))
+        padded = np.pad(plane, pads, mode="reflect")  # reflected beyond the plane's border
+        r0, c0 = cy + side - side // 2, cx + side - side // 2
+        source = rotate_plane(padded[..., r0:r0 + side, c0:c0 + side], angle)
+        o_r, o_c = (side - lh) // 2, (side - lw) // 2
+        return source[..., o_r:o_r + lh, o_c:o_c + lw]
+
     def _zoom(self, rng: np.random.Generator) -> tuple[float, float]:
         """(rows, columns) scale factors; "each" draws the rows' first."""
         s = float(rng.uniform(self.zoom_min, 1.0))
@@ -406,12 +467,19 @@ class PairCropper:
         (fh, fw), (mh, mw) = self.factors, self.margins
         if self.zoom_min < 1.0:
             plane = zoom_plane(plane, self._zoom(rng))
+        turned = None
+        if self.rotate_max > 0.0:
+            turned = self._turned(plane, rng)
         gamma = None
         if self.gamma_max > 1.0:
             gamma = math.exp(float(rng.uniform(-math.log(self.gamma_max), math.log(self.gamma_max))))
-        h, w = plane.shape[-2] // fh * fh, plane.shape[-1] // fw * fw
-        r0, r1, dr = self._window(h, fh, mh, rng)
-        c0, c1, dc = self._window(w, fw, mw, rng)
+        if turned is not None:  # the turned neighbourhood is the window: crop and both margins
+            plane, h, w = turned, turned.shape[-2], turned.shape[-1]
+            (r0, r1, dr), (c0, c1, dc) = (0, h, (h - min(self.crop, h)) // 2), (0, w, (w - min(self.crop, w)) // 2)
+        else:
+            h, w = plane.shape[-2] // fh * fh, plane.shape[-1] // fw * fw
+            r0, r1, dr = self._window(h, fh, mh, rng)
+            c0, c1, dc = self._window(w, fw, mw, rng)
         window = torch.from_numpy(np.ascontiguousarray(plane[..., r0:r1, c0:c1], dtype=np.float32))
         window = window[None, None] if window.ndim == 2 else window[None]
         if gamma is not None:

@@ -38,7 +38,9 @@ DEFAULTS: dict[str, Any] = {
              # below 1: planes shrunk by s ~ U(zoom_min, 1) first; above 1: intensities through a
              # random gamma in [1 / gamma_max, gamma_max] (log-uniform); 1: off (mrisr.data.PairCropper);
              # zoom_axes: both (one factor), each (one per axis) or columns (rows keep their spacing)
-             "zoom_min": 1.0, "zoom_axes": "both", "gamma_max": 1.0},
+             "zoom_min": 1.0, "zoom_axes": "both", "gamma_max": 1.0,
+             # above 0: planes turned by a random angle in [-rotate_max, rotate_max] degrees
+             "rotate_max": 0.0},
     "network": {"preset": "small"},
     "schedules": {"train": dict(TRAINING_SCHEDULE), "inference": dict(INFERENCE_SCHEDULE)},
     "optim": {"lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "grad_accum": 1, "ema_decay": 0.999,
@@ -191,6 +193,7 @@ SCHEMA: dict[str, Field] = {
     "data.augment": Field("choice", choices=AUGMENTATIONS),
     "data.zoom_min": Field("number", minimum=0.1, maximum=1.0),
     "data.zoom_axes": Field("choice", choices=ZOOM_AXES),
+    "data.rotate_max": Field("number", minimum=0.0, maximum=45.0),
     "data.gamma_max": Field("number", minimum=1.0, maximum=10.0),
     "optim.lr": Field("number", minimum=0.0),
     "optim.weight_decay": Field("number", minimum=0.0),
