@@ -290,16 +290,32 @@ AUGMENTATIONS = ("flips", "dihedral")
 
 
 ZOOM_AXES = ("both", "each", "columns")
+ZOOM_KINDS = ("bicubic", "fourier")
 
 
-def zoom_plane(plane: np.ndarray, scale: float | tuple[float, float]) -> np.ndarray:
+def zoom_plane(plane: np.ndarray, scale: float | tuple[float, float], kind: str = "bicubic") -> np.ndarray:
     """An ``(H, W)`` or ``(C, H, W)`` plane resized by ``scale`` (one factor for both axes, or
-    ``(rows, columns)``; anti-aliased bicubic when shrinking; sizes rounded, at least 1 pixel)."""
+    ``(rows, columns)``; sizes rounded, at least 1 pixel).
+
+    ``kind="bicubic"``: anti-aliased bicubic when shrinking (pixel areas aligned). ``"fourier"``,
+    shrinking only: the central part of the plane's 2D spectrum, as a scanner with the coarser
+    matrix would have sampled k-space (pixel 0 stays in place): every frequency below the new
+    Nyquist frequency is kept undamped, where the bicubic kernel damps the top of the new band.
+    """
     sh, sw = (scale, scale) if isinstance(scale, (int, float)) else scale
     h, w = plane.shape[-2:]
     size = (max(1, round(h * sh)), max(1, round(w * sw)))
     if size == (h, w):
         return plane
+    if kind == "fourier":
+        if size[0] > h or size[1] > w:
+            raise ConfigError(f"zoom_plane: the Fourier zoom only shrinks, got scale {scale!r}")
+        spectrum = np.fft.fftshift(np.fft.fft2(np.asarray(plane, dtype=np.float64)), axes=(-2, -1))
+        r0, c0 = h // 2 - size[0] // 2, w // 2 - size[1] // 2
+        kept = np.fft.ifftshift(spectrum[..., r0:r0 + size[0], c0:c0 + size[1]], axes=(-2, -1))
+        return (np.fft.ifft2(kept).real * (size[0] * size[1] / (h * w))).astype(np.float32)
+    if kind != "bicubic":
+        raise ConfigError(f"data.zoom_kind must be one of {', '.join(ZOOM_KINDS)}, got {kind!r}")
     x = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))
     x = x[None, None] if x.ndim == 2 else x[None]
     out = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=min(sh, sw) < 1.0)
@@ -388,6 +404,8 @@ class PairCropper:
             axis: new aspect ratios too) or ``"columns"`` (columns only: a through-plane pair
             keeps its rows' spacing, so its simulated slab stays as thick as the slices it
             serves).
+        zoom_kind: ``"bicubic"`` (anti-aliased) or ``"fourier"`` (the central part of the
+            spectrum, as a coarser acquisition: :func:`zoom_plane`).
         rotate_max: above 0, the plane is turned by an angle ~ U(-rotate_max, rotate_max)
             degrees (:func:`rotate_plane`, no blur) about a random point, and the pair is made
             from the turned neighbourhood: the crop plus its margins, cut whole (at most 45: the
@@ -403,13 +421,16 @@ class PairCropper:
 
     def __init__(self, kind: str, factor: int, crop: int, blur_sigma_max: float = 0.0,
                  augment: str = "flips", zoom_min: float = 1.0, gamma_max: float = 1.0,
-                 zoom_axes: str = "both", rotate_max: float = 0.0) -> None:
+                 zoom_axes: str = "both", rotate_max: float = 0.0, zoom_kind: str = "bicubic") -> None:
         if kind not in PAIR_KINDS:
             raise ConfigError(f"pair kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
         if augment not in AUGMENTATIONS:
             raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
         if not 0.1 <= zoom_min <= 1.0:
             raise ConfigError(f"data.zoom_min must be in [0.1, 1] (1: no zoom), got {zoom_min!r}")
+        if zoom_kind not in ZOOM_KINDS:
+            raise ConfigError(f"data.zoom_kind must be one of {', '.join(ZOOM_KINDS)}, got {zoom_kind!r}")
+        self.zoom_kind = zoom_kind
         if zoom_axes not in ZOOM_AXES:
             raise ConfigError(f"data.zoom_axes must be one of {', '.join(ZOOM_AXES)}, got {zoom_axes!r}")
         if not 0.0 <= rotate_max <= 45.0:
@@ -466,7 +487,7 @@ class PairCropper:
         (C = 1) or a ``(C, H, W)`` one (e.g. an RGB image)."""
         (fh, fw), (mh, mw) = self.factors, self.margins
         if self.zoom_min < 1.0:
-            plane = zoom_plane(plane, self._zoom(rng))
+            plane = zoom_plane(plane, self._zoom(rng), self.zoom_kind)
         turned = None
         if self.rotate_max > 0.0:
             turned = self._turned(plane, rng)

@@ -222,6 +222,29 @@ def test_a_rotated_pair_is_the_pair_of_the_turned_neighbourhood(kind, factor, ma
         PairCropper("in", 4, 48, rotate_max=50.0)
 
 
+def test_fourier_zoom_is_a_coarser_acquisition_of_the_same_waves():
+    """A wave that the coarser grid can hold comes out as exact samples of the same wave (pixel
+    0 in place), however close to the new Nyquist frequency; the bicubic zoom damps it there."""
+    i, j = np.mgrid[0:64, 0:48].astype(np.float64)
+    wave = lambda m, n, h, w: np.cos(2 * np.pi * (m * i[:h, :w] / h + n * j[:h, :w] / w) + 0.3)  # noqa: E731
+    plane = (wave(3, 5, 64, 48) + wave(13, 0, 64, 48)).astype(np.float32)  # 13 / 32: 0.41 cycles per new pixel
+    small = zoom_plane(plane, 0.5, "fourier")
+    assert small.shape == (32, 24)
+    np.testing.assert_allclose(small, wave(3, 5, 32, 24) + wave(13, 0, 32, 24), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(zoom_plane(np.full((2, 50, 40), 0.7, np.float32), (0.8, 0.6), "fourier"), 0.7,
+                               rtol=0, atol=1e-6)
+    fast = wave(13, 0, 64, 48).astype(np.float32)
+    amplitude = lambda a: float(np.abs(np.fft.fft(a[:, 4])).max() / (a.shape[0] / 2))  # noqa: E731
+    assert abs(amplitude(zoom_plane(fast, 0.5, "fourier")) - 1.0) < 1e-4
+    assert amplitude(zoom_plane(fast, 0.5, "bicubic")) < 0.75  # damped there (to 0.69)
+    hr, cond = PairCropper("in", 4, 16, zoom_min=0.5, zoom_kind="fourier")(plane, _FixedRng([1, 1]))
+    ref_hr, ref_cond = PairCropper("in", 4, 16)(small, _FixedRng([1, 1]))
+    np.testing.assert_array_equal(hr.numpy(), ref_hr.numpy())
+    np.testing.assert_array_equal(cond.numpy(), ref_cond.numpy())
+    with pytest.raises(ConfigError, match="zoom_kind"):
+        PairCropper("in", 4, 48, zoom_kind="lanczos")
+
+
 def test_zoom_keeps_constants_and_ramps_and_refuses_bad_scales():
     np.testing.assert_allclose(zoom_plane(np.full((64, 48), 0.3, np.float32), 0.6), 0.3, rtol=0, atol=1e-6)
     # a linear ramp shrunk by 1/2 is the ramp at the new cells' centres, away from the border

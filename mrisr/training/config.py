@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mrisr.data import AUGMENTATIONS, DATA_KINDS, ZOOM_AXES
+from mrisr.data import AUGMENTATIONS, DATA_KINDS, ZOOM_AXES, ZOOM_KINDS
 from mrisr.diffusion import INFERENCE_SCHEDULE, OBJECTIVES, PREDICTIONS, TRAINING_SCHEDULE
 from mrisr.errors import ConfigError, require_int
 from mrisr.transforms import PAIR_KINDS, ROBUST_PERCENTILES
@@ -37,8 +37,9 @@ DEFAULTS: dict[str, Any] = {
              "augment": "flips",
              # below 1: planes shrunk by s ~ U(zoom_min, 1) first; above 1: intensities through a
              # random gamma in [1 / gamma_max, gamma_max] (log-uniform); 1: off (mrisr.data.PairCropper);
-             # zoom_axes: both (one factor), each (one per axis) or columns (rows keep their spacing)
-             "zoom_min": 1.0, "zoom_axes": "both", "gamma_max": 1.0,
+             # zoom_axes: both (one factor), each (one per axis) or columns (rows keep their spacing);
+             # zoom_kind: bicubic (anti-aliased) or fourier (the spectrum's centre: a coarser acquisition)
+             "zoom_min": 1.0, "zoom_axes": "both", "zoom_kind": "bicubic", "gamma_max": 1.0,
              # above 0: planes turned by a random angle in [-rotate_max, rotate_max] degrees
              "rotate_max": 0.0},
     "network": {"preset": "small"},
@@ -193,6 +194,7 @@ SCHEMA: dict[str, Field] = {
     "data.augment": Field("choice", choices=AUGMENTATIONS),
     "data.zoom_min": Field("number", minimum=0.1, maximum=1.0),
     "data.zoom_axes": Field("choice", choices=ZOOM_AXES),
+    "data.zoom_kind": Field("choice", choices=ZOOM_KINDS),
     "data.rotate_max": Field("number", minimum=0.0, maximum=45.0),
     "data.gamma_max": Field("number", minimum=1.0, maximum=10.0),
     "optim.lr": Field("number", minimum=0.0),

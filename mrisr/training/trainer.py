@@ -136,7 +136,7 @@ class Trainer:
         self._stream: Any = None
         cropper = PairCropper(task["pairs"], task["factor"], int(config["data"]["crop"]), task["blur_sigma_max"],
                               config["data"]["augment"], config["data"]["zoom_min"], config["data"]["gamma_max"],
-                              config["data"]["zoom_axes"], config["data"]["rotate_max"])
+                              config["data"]["zoom_axes"], config["data"]["rotate_max"], config["data"]["zoom_kind"])
         self.batches = PairBatches(self.train_bank.planes, cropper, int(optim["batch_size"]), self.seed,
                                    self.rank, self.world)
         self.model = self.network
