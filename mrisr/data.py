@@ -397,9 +397,9 @@ class PairCropper:
             multiples of 90 degrees and flipped up-down, all eight symmetries of the square,
             which the isotropic in-plane degradation commutes with (through-plane pairs stay
             with flips: their degradation runs along rows only).
-        zoom_min: below 1, each plane is first shrunk by ``s ~ U(zoom_min, 1)`` (anti-aliased
-            bicubic, both axes): the same anatomy at a coarser pixel size, a new high-resolution
-            plane whose pair is then made as usual. 1: off.
+        zoom_min: below 1, each plane is first shrunk by ``s ~ U(zoom_min, 1)`` (along the axes
+            of ``zoom_axes``, resampled as ``zoom_kind`` says): the same anatomy at a coarser pixel
+            size, a new high-resolution plane whose pair is then made as usual. 1: off.
         zoom_axes: ``"both"`` (one factor for both axes), ``"each"`` (a factor drawn for each
             axis: new aspect ratios too) or ``"columns"`` (columns only: a through-plane pair
             keeps its rows' spacing, so its simulated slab stays as thick as the slices it
