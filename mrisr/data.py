@@ -302,6 +302,8 @@ def zoom_plane(plane: np.ndarray, scale: float | tuple[float, float], kind: str 
     matrix would have sampled k-space (pixel 0 stays in place): every frequency below the new
     Nyquist frequency is kept undamped, where the bicubic kernel damps the top of the new band.
     """
+    if kind not in ZOOM_KINDS:
+        raise ConfigError(f"data.zoom_kind must be one of {', '.join(ZOOM_KINDS)}, got {kind!r}")
     sh, sw = (scale, scale) if isinstance(scale, (int, float)) else scale
     h, w = plane.shape[-2:]
     size = (max(1, round(h * sh)), max(1, round(w * sw)))
@@ -314,8 +316,6 @@ def zoom_plane(plane: np.ndarray, scale: float | tuple[float, float], kind: str 
         r0, c0 = h // 2 - size[0] // 2, w // 2 - size[1] // 2
         kept = np.fft.ifftshift(spectrum[..., r0:r0 + size[0], c0:c0 + size[1]], axes=(-2, -1))
         return (np.fft.ifft2(kept).real * (size[0] * size[1] / (h * w))).astype(np.float32)
-    if kind != "bicubic":
-        raise ConfigError(f"data.zoom_kind must be one of {', '.join(ZOOM_KINDS)}, got {kind!r}")
     x = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))
     x = x[None, None] if x.ndim == 2 else x[None]
     out = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=min(sh, sw) < 1.0)
@@ -467,11 +467,12 @@ class PairCropper:
         lh, lw = self.crop + 2 * mh, self.crop + 2 * mw
         side = math.ceil(math.hypot(lh, lw)) + 2
         h, w = plane.shape[-2:]
-        cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
-        pads = ((0, 0),) * (plane.ndim - 2) + ((side, side), (side, side))
-        padded = np.pad(plane, pads, mode="reflect")  # reflected beyond the plane's border
-        r0, c0 = cy + side - side // 2, cx + side - side // 2
-        source = rotate_plane(padded[..., r0:r0 + side, c0:c0 + side], angle)
+        r0, c0 = int(rng.integers(0, h)) - side // 2, int(rng.integers(0, w)) - side // 2  # around the centre
+        cut = plane[..., max(r0, 0):max(r0 + side, 0), max(c0, 0):max(c0 + side, 0)]
+        # what lies beyond the plane's border is reflected in (only that is padded, not the plane)
+        beyond = ((max(-r0, 0), max(r0 + side - h, 0)), (max(-c0, 0), max(c0 + side - w, 0)))
+        pads = ((0, 0),) * (plane.ndim - 2) + beyond
+        source = rotate_plane(np.pad(cut, pads, mode="reflect"), angle)
         o_r, o_c = (side - lh) // 2, (side - lw) // 2
         return source[..., o_r:o_r + lh, o_c:o_c + lw]
 
@@ -496,7 +497,7 @@ class PairCropper:
             gamma = math.exp(float(rng.uniform(-math.log(self.gamma_max), math.log(self.gamma_max))))
         if turned is not None:  # the turned neighbourhood is the window: crop and both margins
             plane, h, w = turned, turned.shape[-2], turned.shape[-1]
-            (r0, r1, dr), (c0, c1, dc) = (0, h, (h - min(self.crop, h)) // 2), (0, w, (w - min(self.crop, w)) // 2)
+            r0, r1, dr, c0, c1, dc = 0, h, mh, 0, w, mw
         else:
             h, w = plane.shape[-2] // fh * fh, plane.shape[-1] // fw * fw
             r0, r1, dr = self._window(h, fh, mh, rng)
