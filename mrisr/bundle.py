@@ -137,6 +137,7 @@ def _metadata(config: dict[str, Any], name: str, entry: Any, method: str, sample
                 f"{sampler or 'ancestral'} sampler" + (f", {steps} network evaluations per plane" if steps else "")
                 + (", latent-aligned jumps" if aligned else ""))
     from mrisr.bundle_text import AUTHORS, COPYRIGHT, DATA_SOURCE, INTENDED_USE, REFERENCES
+    from mrisr.models import trained_steps
 
     return {
         "schema": OFFICIAL_SCHEMA_URL,
@@ -164,7 +165,7 @@ def _metadata(config: dict[str, Any], name: str, entry: Any, method: str, sample
         "network_data_format": _network_data_format(config),
         "mrisr": {"model": name, "method": method, "plane": plane, "factor": factor, "sampler": sampler,
                   "steps": steps, "aligned_jumps": aligned, "objective": config["inferer"]["objective"],
-                  "trained_steps": config.get("exported_from_step"),
+                  "trained_steps": trained_steps(config) or None,
                   "training_recipe": {k: training.get(k) for k in ("optim", "task", "data") if k in training}},
     }
 

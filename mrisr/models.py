@@ -32,7 +32,7 @@ from mrisr.networks import SR3UNet
 from mrisr.transforms import ROBUST_PERCENTILES
 
 __all__ = ["FORMAT", "LoadedModel", "ShippedModel", "model_config", "save_model", "load_model", "sha256",
-           "shipped_models", "default_model", "auto_method", "AUTO_PREFERENCE", "read_model_config"]
+           "shipped_models", "default_model", "auto_method", "AUTO_PREFERENCE", "read_model_config", "trained_steps"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,17 @@ def sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def trained_steps(config: dict[str, Any]) -> int:
+    """The optimiser steps behind a model file's weights, those of the runs it was continued from
+    included (``trained_steps``, written by ``mrisr train`` and ``pipelines/export_model.py``).
+    A file from before that count knows only the step of its last run (``exported_from_step``),
+    a hand-made one nothing (0)."""
+    for key in ("trained_steps", "exported_from_step"):
+        if config.get(key) is not None:
+            return int(config[key])
+    return 0
 
 
 def save_model(path: str | os.PathLike, network: torch.nn.Module | dict[str, torch.Tensor], config: dict[str, Any],

@@ -3,14 +3,15 @@
 Usage:
     python pipelines/export_model.py RUN_DIR OUTPUT.safetensors [--dtype bfloat16]
         [--register NAME --methods partdiff [sr3 ...] [--factors 4 2] [--sampler ddim --steps 8]
-         [--description TEXT]]
+         [--description TEXT]] [--steps-before N]
 
 RUN_DIR is an `mrisr train` output folder: its newest checkpoint is exported with the full
-model config (plus the step it was taken at). With ``--register`` the file is added to (or
-replaced in) ``mrisr/weights/registry.json`` with its sha256, which makes it a default model
-of ``mrisr upsample`` for the methods named (and the factors named: by default only the one it
-was trained for); ``--sampler`` / ``--steps`` set what ``--method partdiff`` runs when the user
-names neither. OUTPUT must then lie in ``mrisr/weights/``.
+model config, the step it was taken at, and the steps behind its weights in all
+(``trained_steps``: a run started with ``--init-from`` adds its steps to its start's). With
+``--register`` the file is added to (or replaced in) ``mrisr/weights/registry.json`` with its
+sha256, which makes it a default model of ``mrisr upsample`` for the methods named (and the
+factors named: by default only the one it was trained for); ``--sampler`` / ``--steps`` set what
+``--method partdiff`` runs when the user names neither. OUTPUT must then lie in ``mrisr/weights/``.
 
 ``--eval-from-validation`` stores the run's validation at the exported step (every whole plane of
 the held-out patient, ``validation.csv``) as the entry's ``eval_metrics``: that of the float32 EMA
@@ -95,6 +96,9 @@ def main() -> int:
     parser.add_argument("--aligned-jumps", action="store_true",
                         help="with --sampler ddim: the default sampler's jumps are latent-aligned")
     parser.add_argument("--description", default="")
+    parser.add_argument("--steps-before", type=int, metavar="N",
+                        help="steps behind the weights the run started from, for a checkpoint written before "
+                             "mrisr counted them (default: the checkpoint's own count)")
     parser.add_argument("--eval-from-validation", action="store_true",
                         help="store the run's validation at the exported step as eval_metrics")
     args = parser.parse_args()
@@ -105,9 +109,13 @@ def main() -> int:
     blob = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)
     config = portable_paths(dict(blob["config"]))
     config["exported_from_step"] = int(blob["step"])
+    # with the steps of the model the run started from (--init-from), which it carried on
+    before = args.steps_before if args.steps_before is not None else int(blob.get("steps_before", 0))
+    config["trained_steps"] = before + int(blob["step"])
     path = save_model(args.output, blob["ema"], config, dtype=args.dtype)
     digest = sha256(path)
-    print(f"{path}: step {blob['step']}, {path.stat().st_size / 1e6:.1f} MB, sha256 {digest}")
+    print(f"{path}: step {blob['step']} ({config['trained_steps']} in all), {path.stat().st_size / 1e6:.1f} MB, "
+          f"sha256 {digest}")
     if args.register:
         if path.resolve().parent != REGISTRY.parent:
             sys.exit(f"export_model: registered models must lie in {REGISTRY.parent}")
@@ -119,6 +127,7 @@ def main() -> int:
                  "factors": args.factors or [config["task"]["factor"]], "sampler": args.sampler,
                  "steps": args.steps, **({"aligned_jumps": True} if args.aligned_jumps else {}),
                  "objective": config["inferer"]["objective"], "step": int(blob["step"]),
+                 "trained_steps": config["trained_steps"],
                  "description": args.description}
         if args.eval_from_validation:
             entry["eval_metrics"] = eval_metrics_from_validation(args.run, int(blob["step"]))

@@ -377,3 +377,34 @@ def test_a_clean_image_model_starts_as_the_regression_model(tmp_path):
     # the trained model's file says what it predicts, and loads with it
     summary = Trainer(config, tmp_path / "run", device="cpu", max_steps=2, progress=False).run()
     assert load_model(summary["model"]).inferer.prediction == "x0"
+
+
+@needs_prostatex
+def test_a_continued_model_counts_the_steps_of_its_start(tmp_path):
+    """``trained_steps`` of a model file: the steps of its run plus those of the model it was
+    started from (``init_from``), kept across a resume and carried by the exported file."""
+    from mrisr.diffusion import PartialDiffusionInferer
+    from mrisr.models import model_config, save_model, trained_steps
+
+    config = load_config(TINY, {"init_from": str(tmp_path / "start.safetensors")})
+    trainer = Trainer(config, tmp_path / "run", device="cpu", max_steps=2, progress=False)
+    start_config = model_config(trainer.net_kwargs, PartialDiffusionInferer(objective="partdiff"), "in", 4)
+    save_model(tmp_path / "start.safetensors", _fresh_network(trainer), {**start_config, "trained_steps": 40})
+    first = trainer.run()
+    assert trained_steps(load_model(first["model"]).config) == 42
+    resumed = Trainer(config, tmp_path / "run", device="cpu", max_steps=3, resume=True, progress=False).run()
+    assert resumed["step"] == 3 and trained_steps(load_model(resumed["model"]).config) == 43
+    exported = tmp_path / "exported.safetensors"
+    out = subprocess.run([sys.executable, str(REPO / "pipelines" / "export_model.py"), str(tmp_path / "run"),
+                          str(exported)], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    config_out = load_model(exported).config
+    assert (config_out["trained_steps"], config_out["exported_from_step"]) == (43, 3)
+    # files from before the count know their last run's step only; hand-made ones nothing
+    assert trained_steps({"exported_from_step": 7}) == 7 and trained_steps({}) == 0
+
+
+def _fresh_network(trainer: Trainer) -> torch.nn.Module:
+    from mrisr.networks import SR3UNet
+
+    return SR3UNet(**trainer.net_kwargs)

@@ -22,7 +22,7 @@ from mrisr.devices import resolve_device, resolve_precision
 from mrisr.diffusion import PartialDiffusionInferer
 from mrisr.errors import ConfigError, MrisrError
 from mrisr.images import IMAGE_NORMALISATION
-from mrisr.models import model_config, save_model
+from mrisr.models import model_config, save_model, trained_steps
 from mrisr.networks import SR3UNet, network_config
 from mrisr.training.checkpoints import list_checkpoints, read_latest_checkpoint, write_checkpoint
 from mrisr.training.config import learning_rate, load_config
@@ -133,6 +133,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=float(optim["lr"]),
                                            weight_decay=float(optim["weight_decay"]))
         self.step = 0
+        #: optimiser steps behind the weights this run started from (``init_from``), so that a
+        #: model continued from another one says how long its weights were trained in all
+        self.steps_before = 0
         self._stream: Any = None
         cropper = PairCropper(task["pairs"], task["factor"], int(config["data"]["crop"]), task["blur_sigma_max"],
                               config["data"]["augment"], config["data"]["zoom_min"], config["data"]["gamma_max"],
@@ -186,6 +189,7 @@ class Trainer:
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
+            "steps_before": self.steps_before,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
         }
@@ -199,6 +203,7 @@ class Trainer:
         self.ema.load_state_dict(blob["ema"])
         self.optimizer.load_state_dict(blob["optimizer"])
         self.step = int(blob["step"])
+        self.steps_before = int(blob.get("steps_before", 0))
         torch.set_rng_state(blob["rng"]["torch"].cpu())
         return True
 
@@ -223,6 +228,7 @@ class Trainer:
             logger.info("the noisy-image inputs of the regression model's first convolution set to zero")
         self.network.load_state_dict(state)
         self.ema.load_state_dict(state)
+        self.steps_before = trained_steps(loaded.config)
         logger.info("initialised from %s", p)
 
     # ---------------------------------------------------------------------------- loop
@@ -366,7 +372,8 @@ class Trainer:
                                                                  "weights_sha256": digest}) + "\n")
         summary: dict[str, Any] = {"step": self.step, "last_loss": last_loss, "weights_sha256": digest}
         if self.is_main:
-            model_path = save_model(self.output / "model.safetensors", self.ema, self.model_config)
+            model_path = save_model(self.output / "model.safetensors", self.ema,
+                                    {**self.model_config, "trained_steps": self.steps_before + self.step})
             summary["model"] = str(model_path)
         if self.distributed:
             import torch.distributed as dist
