@@ -430,7 +430,6 @@ class PairCropper:
             raise ConfigError(f"data.zoom_min must be in [0.1, 1] (1: no zoom), got {zoom_min!r}")
         if zoom_kind not in ZOOM_KINDS:
             raise ConfigError(f"data.zoom_kind must be one of {', '.join(ZOOM_KINDS)}, got {zoom_kind!r}")
-        self.zoom_kind = zoom_kind
         if zoom_axes not in ZOOM_AXES:
             raise ConfigError(f"data.zoom_axes must be one of {', '.join(ZOOM_AXES)}, got {zoom_axes!r}")
         if not 0.0 <= rotate_max <= 45.0:
@@ -439,6 +438,7 @@ class PairCropper:
         if not 1.0 <= gamma_max <= 10.0:
             raise ConfigError(f"data.gamma_max must be in [1, 10] (1: no gamma), got {gamma_max!r}")
         self.zoom_min, self.gamma_max, self.zoom_axes = float(zoom_min), float(gamma_max), zoom_axes
+        self.zoom_kind = zoom_kind
         self.augment = augment
         self.kind = kind
         self.factor = int(factor)

@@ -385,11 +385,12 @@ def test_a_continued_model_counts_the_steps_of_its_start(tmp_path):
     started from (``init_from``), kept across a resume and carried by the exported file."""
     from mrisr.diffusion import PartialDiffusionInferer
     from mrisr.models import model_config, save_model, trained_steps
+    from mrisr.networks import SR3UNet
 
     config = load_config(TINY, {"init_from": str(tmp_path / "start.safetensors")})
     trainer = Trainer(config, tmp_path / "run", device="cpu", max_steps=2, progress=False)
     start_config = model_config(trainer.net_kwargs, PartialDiffusionInferer(objective="partdiff"), "in", 4)
-    save_model(tmp_path / "start.safetensors", _fresh_network(trainer), {**start_config, "trained_steps": 40})
+    save_model(tmp_path / "start.safetensors", SR3UNet(**trainer.net_kwargs), {**start_config, "trained_steps": 40})
     first = trainer.run()
     assert trained_steps(load_model(first["model"]).config) == 42
     resumed = Trainer(config, tmp_path / "run", device="cpu", max_steps=3, resume=True, progress=False).run()
@@ -402,9 +403,3 @@ def test_a_continued_model_counts_the_steps_of_its_start(tmp_path):
     assert (config_out["trained_steps"], config_out["exported_from_step"]) == (43, 3)
     # files from before the count know their last run's step only; hand-made ones nothing
     assert trained_steps({"exported_from_step": 7}) == 7 and trained_steps({}) == 0
-
-
-def _fresh_network(trainer: Trainer) -> torch.nn.Module:
-    from mrisr.networks import SR3UNet
-
-    return SR3UNet(**trainer.net_kwargs)
