@@ -209,6 +209,7 @@ def _inference_config(config: dict[str, Any], method: str, sampler: str | None, 
         "samples": 1,
         "self_ensemble": False,
         "consistent": False,
+        "fuse_orientations": None,
         "batch_size": 8,
         "precision": "auto",
         "overwrite": False,
@@ -221,7 +222,8 @@ def _inference_config(config: dict[str, Any], method: str, sampler: str | None, 
                     "checkpoint": "@model_path", "plane": "@plane", "factor": "@factor", "method": "@method",
                     "sampler": "@sampler", "steps": "@steps", "aligned_jumps": "@aligned_jumps", "k": "@k",
                     "seed": "@seed", "samples": "@samples",
-                    "self_ensemble": "@self_ensemble", "consistent": "@consistent", "batch_size": "@batch_size",
+                    "self_ensemble": "@self_ensemble", "consistent": "@consistent",
+                    "fuse_orientations": "@fuse_orientations", "batch_size": "@batch_size",
                     "precision": "@precision", "device": "@device"},
         "postprocessing": {"_target_": "mrisr.bundle.VolumeWriter", "output_dir": "@output_dir", "postfix": "sr",
                            "overwrite": "@overwrite"},
@@ -440,13 +442,16 @@ class VolumeInferer:
             ``--self-ensemble`` and ``--consistent``).
         aligned_jumps: ``mrisr upsample --aligned-jumps`` (the export sets it where the model's
             default sampler has it).
+        fuse_orientations: ``mrisr upsample --fuse-orientations`` (None, the default: as it
+            decides, both in-plane orientations through-plane where they are equally fine).
     """
 
     def __init__(self, network: torch.nn.Module, model_config: dict[str, Any], checkpoint: str | os.PathLike,
                  plane: str, factor: int, method: str, sampler: str | None = None, steps: int | None = None,
                  k: int | None = None, seed: int = 0, samples: int = 1, self_ensemble: bool = False,
                  consistent: bool = False, batch_size: int = 8, precision: str = "auto",
-                 device: str | torch.device = "cpu", aligned_jumps: bool = False) -> None:
+                 device: str | torch.device = "cpu", aligned_jumps: bool = False,
+                 fuse_orientations: bool | None = None) -> None:
         from mrisr.devices import resolve_precision
         from mrisr.models import build_model
 
@@ -470,7 +475,8 @@ class VolumeInferer:
         self.options = {"sampler": sampler, "steps": steps, "k": k, "precision": self.precision,
                         "aligned_jumps": True if aligned_jumps else None,
                         # as the command line passes its flags: None when off
-                        "self_ensemble": True if self_ensemble else None, "consistent": True if consistent else None}
+                        "self_ensemble": True if self_ensemble else None, "consistent": True if consistent else None,
+                        "fuse_orientations": None if fuse_orientations is None else bool(fuse_orientations)}
         self.seed, self.samples, self.batch_size = int(seed), int(samples), int(batch_size)
 
     def __call__(self, image: Any) -> Any:

@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="learned methods: average the model's outputs for the turned and flipped input (the "
                     "eight symmetries of the square in-plane, the four flips through-plane), at 8 / 4 times the "
                     "network evaluations (docs/models.md)")
+    up.add_argument("--fuse-orientations", action=argparse.BooleanOptionalAction, default=None,
+                    help="learned methods, through-plane: average the estimates from the planes along each in-plane "
+                    "axis (the coronal and the sagittal planes of an axial scan), at twice the work; on by default "
+                    "where the two in-plane axes are equally fine, --no-fuse-orientations keeps one (docs/cli.md)")
     up.add_argument("--aligned-jumps", action=argparse.BooleanOptionalAction, default=None,
                     help="partdiff with the DDIM sampler: each DDIM jump hands the next step the blend of high and "
                     "low resolution that step was trained on, instead of the blend of the step it leaves "
@@ -369,7 +373,8 @@ def _announce(args: argparse.Namespace, name: str, out: Path) -> Any:
             what += f" ({info['model_name']}"
             what += f", {info['sampler']} sampler" if info.get("sampler") else ""
             n = info.get("evaluations")
-            what += f", {n} network evaluation{'s' if n != 1 else ''} per plane)" if n else ")"
+            what += f", {n} network evaluation{'s' if n != 1 else ''} per plane" if n else ""
+            what += ", both in-plane orientations averaged)" if info.get("orientations", 1) > 1 else ")"
         region = ""
         if info.get("roi"):
             region = " (region " + ",".join(f"{lo}:{hi}" for lo, hi in info["roi"]) + ")"
@@ -456,7 +461,8 @@ def _upsample_one(args: argparse.Namespace, options: dict[str, Any], volume: Any
                            evaluations=options["evaluations"], start=args.start, start_model=args.start_model,
                            clip=not args.no_clip, consistent=True if args.consistent else None,
                            self_ensemble=True if args.self_ensemble else None,
-                           aligned_jumps=args.aligned_jumps, adapt=options["adapt"],
+                           aligned_jumps=args.aligned_jumps, fuse_orientations=args.fuse_orientations,
+                           adapt=options["adapt"],
                            save_adapted=save_adapted, roi=roi,
                            on_start=on_start)
 

@@ -27,6 +27,8 @@ __all__ = [
     "Plane",
     "PLANES",
     "UpsamplingPlan",
+    "ORIENTATION_TOLERANCE",
+    "through_orientations",
     "isotropic_factor",
     "voxel_spacing",
     "slice_axis",
@@ -181,7 +183,7 @@ def isotropic_factor(affine: np.ndarray, axis: int | None = None) -> int:
 
 
 def plan_upsampling(shape: tuple[int, ...], affine: np.ndarray, plane: Plane, factor: int,
-                    axis: int | None = None) -> UpsamplingPlan:
+                    axis: int | None = None, column_axis: int | None = None) -> UpsamplingPlan:
     """Decide planes, axes and the output grid for upsampling a volume.
 
     Args:
@@ -190,10 +192,13 @@ def plan_upsampling(shape: tuple[int, ...], affine: np.ndarray, plane: Plane, fa
         plane: ``"in"`` (the two in-plane axes) or ``"through"`` (the slice axis).
         factor: integer factor >= 2.
         axis: the slice axis; by default the axis with the largest spacing.
+        column_axis: through-plane only: the axis of the planes' columns (the other one is the
+            slice axis); by default the finest remaining axis (:func:`through_orientations`
+            lists both where they are equally fine).
 
     Raises:
-        GeometryError: unknown plane, factor not an integer >= 2, axis not 0, 1 or 2, or an
-            output too large to hold.
+        GeometryError: unknown plane, factor not an integer >= 2, axis not 0, 1 or 2, a column
+            axis that is the slice axis or given in-plane, or an output too large to hold.
     """
     if plane not in PLANES:
         raise GeometryError(f"plane must be one of {', '.join(PLANES)}, got {plane!r}")
@@ -208,6 +213,8 @@ def plan_upsampling(shape: tuple[int, ...], affine: np.ndarray, plane: Plane, fa
         s_axis = int(axis)
     others = [a for a in range(3) if a != s_axis]
     spacing = voxel_spacing(affine)
+    if column_axis is not None and (plane != "through" or column_axis not in others):
+        raise GeometryError(f"column axis {column_axis!r} is not one of the through-plane axes {others}")
     if plane == "in":
         plane_axes = (others[0], others[1])
         stack = s_axis
@@ -216,7 +223,7 @@ def plan_upsampling(shape: tuple[int, ...], affine: np.ndarray, plane: Plane, fa
         # The finest remaining axis carries the detail the model learns from; near-ties (within
         # 0.1 %, float noise of oblique affines) go to the lower index.
         finest = min(spacing[a] for a in others)
-        fine = min(a for a in others if spacing[a] <= finest * (1.0 + 1e-3))
+        fine = min(a for a in others if spacing[a] <= finest * (1.0 + 1e-3)) if column_axis is None else column_axis
         plane_axes = (s_axis, fine)
         stack = next(a for a in others if a != fine)
         axis_factors = tuple(factor if a == s_axis else 1 for a in range(3))
@@ -232,6 +239,29 @@ def plan_upsampling(shape: tuple[int, ...], affine: np.ndarray, plane: Plane, fa
         input_affine=np.asarray(affine, dtype=np.float64),
         output_affine=upsampled_affine(affine, axis_factors),  # type: ignore[arg-type]
     )
+
+
+#: through-plane, how much coarser (relative) the second in-plane axis may be than the finest one
+#: and still be cut into planes of its own (:func:`through_orientations`)
+ORIENTATION_TOLERANCE = 0.1
+
+
+def through_orientations(plan: UpsamplingPlan) -> list[UpsamplingPlan]:
+    """The through-plane plans of a volume, one per in-plane axis fine enough to be the planes'
+    columns: ``plan`` first, then (for an axial scan with square pixels) the plan whose planes
+    hold the other in-plane axis, e.g. sagittal planes besides coronal ones. Both give the same
+    output grid; averaging the two estimates is orthogonal fusion. One plan for in-plane, and
+    where the other axis is more than :data:`ORIENTATION_TOLERANCE` coarser (its planes would be
+    coarse along both axes)."""
+    if plan.plane != "through":
+        return [plan]
+    spacing = voxel_spacing(plan.input_affine)
+    fine = plan.plane_axes[1]
+    other = plan.stack_axis
+    if spacing[other] > spacing[fine] * (1.0 + ORIENTATION_TOLERANCE):
+        return [plan]
+    return [plan, plan_upsampling(plan.input_shape, plan.input_affine, plan.plane, plan.factor, plan.slice_axis,
+                                  column_axis=other)]
 
 
 def to_planes(data: ArrayT, plan: UpsamplingPlan) -> ArrayT:

@@ -2,11 +2,15 @@
 and scored against the coronal and sagittal T2 of the same examination (``mrisr analyze
 orthogonal``; docs/adaptation.md).
 
-    python pipelines/orthogonal_check.py --out runs/orthogonal [--patients ProstateX-0218] [--adapt 50]
+    python pipelines/orthogonal_check.py --out runs/orthogonal [--patients ProstateX-0218] [--adapt 50] \
+        [--orientations]
 
 Methods: bicubic, the shipped regression model, the shipped PartDiff model (DDIM 4) and, with
-``--adapt N``, the shipped PartDiff model adapted to the axial volume itself for N steps. One
-rigid registration per reference (from the bicubic output), applied to every method.
+``--adapt N``, the shipped PartDiff model adapted to the axial volume itself for N steps; the
+learned methods run as ``mrisr upsample`` does by default (through-plane, both in-plane
+orientations averaged), and with ``--orientations`` also on the coronal planes alone and on
+the sagittal planes alone. One rigid registration per reference (from the bicubic output),
+applied to every method.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/orthogonal")
     parser.add_argument("--patients", nargs="+", default=["ProstateX-0218"], choices=sorted(SERIES))
     parser.add_argument("--adapt", type=int, default=0, help="also the shipped PartDiff adapted for N steps")
+    parser.add_argument("--orientations", action="store_true",
+                        help="also each learned method on one orientation of planes (coronal, sagittal) alone")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -44,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
             "partdiff": {"method": "partdiff"}}
     if args.adapt:
         runs[f"partdiff adapted {args.adapt}"] = {"method": "partdiff", "adapt": args.adapt}
+    if args.orientations:
+        for method in ("regression", "partdiff"):
+            for swap in (False, True):
+                runs[f"{method} one orientation {'B' if swap else 'A'}"] = {
+                    "method": method, "fuse_orientations": False, "swap": swap}
     for patient in args.patients:
         axial_name, references = SERIES[patient]
         axial = load_volume(SHARED / "prostatex" / "nifti" / f"{patient}_t2_{axial_name}.nii.gz")
@@ -54,15 +65,22 @@ def main(argv: list[str] | None = None) -> int:
             if path.exists():  # resume: outputs are written atomically, so an existing one is whole
                 estimates[name] = load_volume(path)
             else:
-                res = upsample_volume(axial, "through", 6, device=args.device, seed=args.seed, **options)
-                save_volume(res.volume, path)
-                estimates[name] = res.volume
+                options = dict(options)
+                swap = options.pop("swap", False)
+                res = upsample_volume(_swap_in_plane_axes(axial) if swap else axial, "through", 6,
+                                      device=args.device, seed=args.seed, **options)
+                estimates[name] = _swap_in_plane_axes(res.volume) if swap else res.volume
+                save_volume(estimates[name], path)
             seconds[name] = round(time.perf_counter() - t0, 1)
             print(f"{patient} {name}: {seconds[name]} s", flush=True)
+        names = _orientation_names(axial)
+        if args.orientations:
+            print(f"{patient}: orientation A is {names[0]} planes, B {names[1]} planes", flush=True)
         for ref_name in references:
             reference = load_volume(SHARED / "prostatex" / "nifti" / f"{patient}_t2_{ref_name}.nii.gz")
             scores = compare_orthogonal(estimates, reference, register=True, seed=args.seed)
-            results[f"{patient} vs {ref_name}"] = {"scores": scores, "seconds": seconds}
+            results[f"{patient} vs {ref_name}"] = {"scores": scores, "seconds": seconds,
+                                                   "orientations": {"A": names[0], "B": names[1]}}
             for name in runs:
                 r = scores[name]
                 print(f"{patient} vs {ref_name} {name}: NCC {r['si_gradient_ncc']:.4f}, PSNR {r['psnr_db']:.2f}, "
@@ -78,6 +96,26 @@ def main(argv: list[str] | None = None) -> int:
     (out / "orthogonal.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'orthogonal.md'}")
     return 0
+
+
+def _swap_in_plane_axes(volume):
+    """The same voxels with the first two array axes exchanged: run one-orientation, the
+    through-plane planes then hold the other in-plane axis."""
+    import numpy as np
+
+    from mrisr.io import Volume
+
+    affine = volume.affine.copy()
+    affine[:, [0, 1]] = affine[:, [1, 0]]
+    return Volume(np.ascontiguousarray(volume.data.transpose(1, 0, 2)), affine, dict(volume.metadata))
+
+
+def _orientation_names(axial) -> tuple[str, str]:
+    """What the planes of orientation A (columns along array axis 0) and B (axis 1) are: a plane
+    holding the left-right axis is coronal, one holding anterior-posterior sagittal."""
+    plane = {"L": "coronal", "R": "coronal", "A": "sagittal", "P": "sagittal"}
+    codes = axial.orientation
+    return plane.get(codes[0], codes[0]), plane.get(codes[1], codes[1])
 
 
 if __name__ == "__main__":

@@ -120,6 +120,8 @@ def test_bundle_run_equals_mrisr_upsample_and_skips_a_bad_file(bundle, small_axi
     assert ours.shape == theirs.shape == (48, 48, 24)
     np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj))
     np.testing.assert_array_equal(ours.affine, theirs.affine)
+    # square pixels: both in-plane orientations averaged, as mrisr upsample does by default
+    assert read_provenance(tmp_path / "out" / "p0218_tra_sr.nii.gz")["fused_orientations"] == [[2, 0], [2, 1]]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [c["status"] for c in summary["cases"]] == ["failed", "ok"] and summary["failed"] == 1
     assert summary["cases"][1]["network_evaluations_per_plane"] == 4 and summary["cases"][1]["planes"] == 48
@@ -133,19 +135,22 @@ def test_bundle_run_equals_mrisr_upsample_and_skips_a_bad_file(bundle, small_axi
 
 @needs_prostatex
 def test_bundle_takes_self_ensemble_and_consistent_as_upsample_does(bundle, small_axial, tmp_path):
-    """The inference config's ``self_ensemble`` / ``consistent`` are mrisr upsample's
-    ``--self-ensemble`` / ``--consistent``: the same voxels, and the header says so."""
+    """The inference config's ``self_ensemble`` / ``consistent`` / ``fuse_orientations`` are mrisr
+    upsample's ``--self-ensemble`` / ``--consistent`` / ``--no-fuse-orientations``: the same
+    voxels, and the header says so."""
     result = run_bundle_here(bundle, "inference.json", dataset_dir=str(small_axial), output_dir=str(tmp_path / "out"),
-                             self_ensemble=True, consistent=True)
+                             self_ensemble=True, consistent=True, fuse_orientations=False)
     assert result.returncode == 0, result.stderr[-2000:]
     cli = run_mrisr("upsample", small_axial / "p0218_tra.nii.gz", "--plane", "through", "--factor", "6",
-                    "--method", "partdiff", "--self-ensemble", "--consistent", "-o", tmp_path / "cli.nii.gz",
+                    "--method", "partdiff", "--self-ensemble", "--consistent", "--no-fuse-orientations",
+                    "-o", tmp_path / "cli.nii.gz",
                     "--quiet", "--report", tmp_path / "report.json")
     assert cli.returncode == 0, cli.stderr
     ours, theirs = nib.load(tmp_path / "out" / "p0218_tra_sr.nii.gz"), nib.load(tmp_path / "cli.nii.gz")
     np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj))
     provenance = read_provenance(tmp_path / "out" / "p0218_tra_sr.nii.gz")
     assert provenance["self_ensemble"] == 4 and provenance["consistent_with_input"] is True
+    assert "fused_orientations" not in provenance
     assert provenance["network_evaluations_per_plane"] == 16  # DDIM 4 under each of the four flips
 
 

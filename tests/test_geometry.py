@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from mrisr.errors import GeometryError
-from mrisr.geometry import (from_planes, parse_voxel_box, plan_upsampling, slab_bounds, slice_axis, to_planes,
-                            upsampled_affine, voxel_spacing, voxel_to_world, world_box_to_voxels)
+from mrisr.geometry import (from_planes, parse_voxel_box, plan_upsampling, slab_bounds, slice_axis,
+                            through_orientations, to_planes, upsampled_affine, voxel_spacing, voxel_to_world,
+                            world_box_to_voxels)
 from mrisr.inference import upsample_volume
 from mrisr.interpolation import bicubic_upsample, bspline_upsample
 from mrisr.io import Volume, load_volume
@@ -66,6 +67,35 @@ def test_plan_axes():
     # --axis overrides the detected slice axis
     over = plan_upsampling((320, 320, 20), affine, "through", 2, axis=0)
     assert over.slice_axis == 0 and over.output_shape == (640, 320, 20)
+
+
+def test_through_plane_orientations():
+    """An axial scan with square pixels is cut into planes along either in-plane axis (coronal
+    and sagittal): two plans with the same output grid, each plane holding the slice axis as
+    rows; a second axis more than 10 % coarser, or in-plane upsampling, gives one plan."""
+    affine = make_affine("LPS", spacing=(0.625, 0.625, 3.6))
+    first, second = through_orientations(plan_upsampling((320, 300, 20), affine, "through", 6))
+    assert (first.plane_axes, first.stack_axis) == ((2, 0), 1)
+    assert (second.plane_axes, second.stack_axis) == ((2, 1), 0)
+    assert first.output_shape == second.output_shape == (320, 300, 120)
+    np.testing.assert_array_equal(first.output_affine, second.output_affine)
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(320, 300, 120))
+    np.testing.assert_array_equal(from_planes(to_planes(data, second), second), data)
+    assert to_planes(data, second).shape == (320, 120, 300)
+    assert len(through_orientations(plan_upsampling((320, 300, 20), make_affine("LPS", spacing=(0.6, 0.65, 3.6)),
+                                                    "through", 6))) == 2  # within 10 %
+    assert len(through_orientations(plan_upsampling((320, 300, 20), make_affine("LPS", spacing=(0.6, 0.7, 3.6)),
+                                                    "through", 6))) == 1
+    assert len(through_orientations(plan_upsampling((320, 300, 20), affine, "in", 4))) == 1
+    # the benchmark's case: a coronal scan thickened along superior-inferior keeps one orientation
+    coronal = make_affine("LIP", spacing=(0.56, 3.36, 3.6))
+    assert len(through_orientations(plan_upsampling((320, 20, 19), coronal, "through", 6, axis=1))) == 1
+    for bad in (2, 3):
+        with pytest.raises(GeometryError, match="column axis"):
+            plan_upsampling((320, 300, 20), affine, "through", 6, column_axis=bad)
+    with pytest.raises(GeometryError, match="column axis"):
+        plan_upsampling((320, 300, 20), affine, "in", 4, column_axis=0)
 
 
 def test_slice_axis_detection():

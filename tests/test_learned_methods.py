@@ -424,3 +424,110 @@ def test_aligned_jumps_reach_the_sampler_and_only_where_they_apply(tmp_path, tin
                        tiny_models["regression"], "--aligned-jumps", "-o", tmp_path / "cli_sr.nii.gz")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "aligned-jumps" in result.stderr or "objective" in result.stderr
+
+
+def _swapped(vol: Volume) -> Volume:
+    """The same volume with its first two array axes exchanged (the same voxels in the world)."""
+    affine = vol.affine.copy()
+    affine[:, [0, 1]] = affine[:, [1, 0]]
+    return Volume(np.ascontiguousarray(vol.data.transpose(1, 0, 2)), affine)
+
+
+def test_through_plane_fuses_both_orientations(tmp_path):
+    """Through-plane, a learned method on a volume with square pixels averages the estimate from
+    the planes along each in-plane axis: exactly the mean of the two one-orientation runs (the
+    second is the run on the volume with those axes exchanged), at twice the evaluations."""
+    model = _tiny_regression(tmp_path / "through.safetensors", "through", {"pairs": "through", "blur_sigma_max": 0})
+    vol, _ = _volume(tmp_path)  # 10 x 12 x 3, 0.8 x 0.8 x 3.0 mm
+    run = dict(method="regression", model=str(model), clip=False)
+    fused = upsample_volume(vol, "through", 2, **run)
+    first = upsample_volume(vol, "through", 2, fuse_orientations=False, **run)
+    second = upsample_volume(_swapped(vol), "through", 2, fuse_orientations=False, **run)
+    assert fused.volume.shape == first.volume.shape == (10, 12, 6)
+    np.testing.assert_allclose(fused.volume.affine, first.volume.affine)
+    np.testing.assert_allclose(_swapped(second.volume).affine, first.volume.affine)
+    np.testing.assert_allclose(fused.volume.data, 0.5 * (first.volume.data + _swapped(second.volume).data),
+                               rtol=0, atol=1e-3)
+    assert np.abs(first.volume.data - _swapped(second.volume).data).max() > 1.0  # the orientations differ
+    assert fused.network_evaluations == 2 * first.network_evaluations
+    assert fused.extras["fused_orientations"] == [[2, 0], [2, 1]]
+    assert fused.volume.metadata["mrisr_provenance"]["fused_orientations"] == [[2, 0], [2, 1]]
+    assert "fused_orientations" not in first.volume.metadata["mrisr_provenance"]
+    # a second axis 50 % coarser: one orientation, and asking for two is a one-line error
+    coarse = Volume(vol.data, make_affine("oblique", (0.8, 1.2, 3.0)))
+    one = upsample_volume(coarse, "through", 2, **run)
+    assert one.extras["fused_orientations"] is None and one.network_evaluations == first.network_evaluations
+    with pytest.raises(ConfigError, match="one fine in-plane axis"):
+        upsample_volume(coarse, "through", 2, fuse_orientations=True, **run)
+    with pytest.raises(ConfigError, match="through-plane"):
+        upsample_volume(vol, "in", 2, method="regression", model=str(_tiny_regression(
+            tmp_path / "in.safetensors", "in", {"pairs": "in", "blur_sigma_max": 0})), fuse_orientations=True)
+    with pytest.raises(ConfigError, match="takes no --fuse-orientations"):
+        upsample_volume(vol, "through", 2, method="bicubic", fuse_orientations=True)
+    # interpolation is separable: both orientations would give the same planes, so it runs one
+    bic = upsample_volume(vol, "through", 2, method="bicubic")
+    np.testing.assert_allclose(_swapped(upsample_volume(_swapped(vol), "through", 2, method="bicubic").volume).data,
+                               bic.volume.data, rtol=0, atol=1e-3)
+
+
+def test_fused_samples_pool_their_mean_and_deviation():
+    """Two orientations of N samples each: the pooled mean and sample standard deviation are those
+    of all 2 N samples (closed form against numpy), and the second orientation draws its own
+    noise while the first keeps the seeds of an unfused run."""
+    from mrisr.inference.methods import plane_seed
+    from mrisr.inference.volume import _pool
+
+    rng = np.random.default_rng(4)
+    groups = [rng.normal(loc, 1.0 + loc, size=(3, 5, 4)) for loc in (0.0, 2.0)]
+    means = [g.mean(axis=0) for g in groups]
+    m2s = [((g - g.mean(axis=0)) ** 2).sum(axis=0) for g in groups]
+    mean, m2 = _pool(means, m2s, 3)
+    every = np.concatenate(groups)
+    np.testing.assert_allclose(mean, every.mean(axis=0))
+    np.testing.assert_allclose(np.sqrt(m2 / 5), every.std(axis=0, ddof=1))
+    assert _pool(means[:1], m2s[:1], 3)[1] is m2s[0]
+    assert plane_seed(7, 1, 12) == int(np.random.SeedSequence([7, 1, 12]).generate_state(1)[0])
+    assert plane_seed(7, 1, 12, 1) != plane_seed(7, 1, 12)
+
+
+def test_fused_regions_of_interest_match_the_whole_volume_run():
+    """A box of a fused stochastic run is the whole volume's fused run there: each orientation
+    has its own context and draws its whole planes' noise (a network without spatial context
+    makes the comparison exact); the standard deviation pools the samples of both."""
+    from mrisr.models import LoadedModel
+
+    inferer = PartialDiffusionInferer(objective="partdiff", k_noise_level=0.25)
+    model = LoadedModel(network=_Pointwise(), config=model_config(network_config("tiny"), inferer, "through", 2),
+                        inferer=inferer, path=Path("pointwise.safetensors"))
+    data = np.random.default_rng(2).uniform(100, 900, size=(44, 40, 5)).astype(np.float32)
+    vol = Volume(data, make_affine("oblique", (0.8, 0.8, 3.0)))
+    run = dict(method="partdiff", model=model, sampler="ancestral", batch_size=3, seed=5, samples=2)
+    full = upsample_volume(vol, "through", 2, **run)
+    assert full.extras["fused_orientations"] == [[2, 0], [2, 1]]
+    box = ((18, 26), (20, 30), (1, 4))
+    part = upsample_volume(vol, "through", 2, roi=box, **run)
+    crop = tuple(slice(lo * f, hi * f) for (lo, hi), f in zip(box, full.plan.axis_factors))
+    np.testing.assert_allclose(part.volume.data, full.volume.data[crop], rtol=0, atol=1e-3)
+    np.testing.assert_allclose(part.std_volume.data, full.std_volume.data[crop], rtol=0, atol=1e-3)
+    one = upsample_volume(vol, "through", 2, fuse_orientations=False, **run)
+    assert np.abs(one.volume.data - full.volume.data).max() > 10.0  # the second orientation's noise counts
+    assert float(full.std_volume.data.mean()) > 0
+
+
+def test_cli_names_the_fused_orientations_and_turns_them_off(tmp_path):
+    model = _tiny_regression(tmp_path / "through.safetensors", "through", {"pairs": "through", "blur_sigma_max": 0})
+    vol, path = _volume(tmp_path)
+    base = ["upsample", path, "--plane", "through", "--factor", "2", "--method", "regression", "--model", model]
+    fused = run_mrisr(*base, "--report", "r.json", cwd=tmp_path)
+    assert fused.returncode == 0, fused.stderr
+    assert "both in-plane orientations averaged" in fused.stderr.splitlines()[0]
+    assert json.loads((tmp_path / "r.json").read_text())["fused_orientations"] == [[2, 0], [2, 1]]
+    one = run_mrisr(*base, "--no-fuse-orientations", "-o", "one.nii.gz", "--quiet", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    expected = upsample_volume(vol, "through", 2, method="regression", model=str(model), fuse_orientations=False)
+    np.testing.assert_allclose(load_volume(tmp_path / "one.nii.gz").data, expected.volume.data, rtol=0, atol=1e-2)
+    assert np.abs(load_volume(tmp_path / "vol_sr.nii.gz").data - expected.volume.data).max() > 0.1  # 10x the tolerance
+    bad = run_mrisr("upsample", path, "--plane", "in", "--factor", "2", "--method", "regression", "--model", model,
+                    "--fuse-orientations", "-o", "bad.nii.gz", cwd=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "through-plane" in bad.stderr
+    assert not (tmp_path / "bad.nii.gz").exists()

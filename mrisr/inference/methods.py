@@ -471,6 +471,8 @@ class ImagePlan:
     plane: str = "in"
 
 
-def plane_seed(seed: int, sample: int, plane: int) -> int:
-    """The seed of one plane's generator: independent of the batch the plane runs in."""
-    return int(np.random.SeedSequence([seed, sample, plane]).generate_state(1)[0])
+def plane_seed(seed: int, sample: int, plane: int, orientation: int = 0) -> int:
+    """The seed of one plane's generator: independent of the batch the plane runs in; the
+    second orientation of a fused through-plane run (``orientation=1``) draws other noise."""
+    entropy = [seed, sample, plane] + ([orientation] if orientation else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])

@@ -18,7 +18,8 @@ import torch
 
 from mrisr.devices import available_memory, resolve_device
 from mrisr.errors import ConfigError, require_int
-from mrisr.geometry import Plane, UpsamplingPlan, VoxelBox, from_planes, plan_upsampling, to_planes
+from mrisr.geometry import (ORIENTATION_TOLERANCE, Plane, UpsamplingPlan, VoxelBox, from_planes, plan_upsampling,
+                            through_orientations, to_planes)
 from mrisr.inference.methods import PlaneUpsampler, PlaneWindow, default_sampling, get_method, plane_seed
 from mrisr.io import Volume
 
@@ -150,8 +151,8 @@ def _provenance(volume: Volume, method: str, plane: str, factor: int, extras: di
     prov: dict[str, Any] = {"software": "mrisr", "version": __version__, "method": method, "plane": plane,
                             "factor": int(factor), "input": Path(str(volume.metadata.get("path", ""))).name or None}
     for key in ("model_name", "model_sha256", "adaptation", "sampler", "steps", "k", "start", "seed", "samples",
-                "precision", "self_ensemble", "aligned_jumps", "consistent_with_input", "clipped_to_input_range",
-                "roi"):
+                "precision", "self_ensemble", "aligned_jumps", "consistent_with_input", "fused_orientations",
+                "clipped_to_input_range", "roi"):
         if extras.get(key) is not None:
             prov["network_evaluations_per_plane" if key == "steps" else key] = extras[key]
     return prov
@@ -175,12 +176,43 @@ class _WholePlanes:
         return PlaneWindow(full=self.full, offset=self.offset, condition_bounds=bounds)  # type: ignore[arg-type]
 
 
-def _crop_output(out: Volume, box: VoxelBox | None, context: VoxelBox | None, plan: UpsamplingPlan) -> Volume:
-    """The output of the box computed with context, cropped to the box itself."""
+def _output_box(box: VoxelBox | None, context: VoxelBox | None, plan: UpsamplingPlan) -> list[tuple[int, int]] | None:
+    """Where the box lies in the output of the box computed with context (None: no box)."""
     if box is None or context is None:
-        return out
+        return None
     f = plan.axis_factors
-    return out.subvolume([((lo - c) * f[a], (hi - c) * f[a]) for a, ((lo, hi), (c, _)) in enumerate(zip(box, context))])
+    return [((lo - c) * f[a], (hi - c) * f[a]) for a, ((lo, hi), (c, _)) in enumerate(zip(box, context))]
+
+
+def _pool(means: list[np.ndarray], m2s: list[np.ndarray] | None, samples: int
+          ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The mean and the sum of squared deviations of all samples of several groups of
+    ``samples`` each, from each group's mean and sum (Chan et al.'s parallel Welford update)."""
+    if len(means) == 1:
+        return means[0], None if m2s is None else m2s[0]
+    mean = sum(means) / len(means)
+    if m2s is None:
+        return mean, None
+    return mean, sum(m2s) + samples * sum((m - mean) ** 2 for m in means)
+
+
+def _fused_orientations(plan: UpsamplingPlan, learned: bool, fuse: bool | None) -> list[UpsamplingPlan]:
+    """The plans whose outputs a run averages: through-plane with a learned method, by default
+    (``fuse`` None) both orientations where the volume's two in-plane axes are equally fine
+    (:func:`mrisr.geometry.through_orientations`), else ``plan`` alone.
+
+    Raises:
+        ConfigError: ``fuse`` asked for where there is only one orientation.
+    """
+    orientations = through_orientations(plan)
+    if fuse and len(orientations) < 2:
+        why = ("it is for through-plane upsampling" if plan.plane != "through" else
+               "this volume has one fine in-plane axis (the other is more than "
+               f"{ORIENTATION_TOLERANCE:.0%} coarser)")
+        raise ConfigError(f"--fuse-orientations averages the planes along both in-plane axes, but {why}")
+    if fuse is None:
+        fuse = learned
+    return orientations if fuse else orientations[:1]
 
 
 @dataclass
@@ -259,7 +291,12 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
             the degradation (:func:`mrisr.inference.methods.plane_symmetries`: eight in-plane, four
             through-plane), at that many times the network evaluations; ``aligned_jumps=True``
             (partdiff, DDIM, a latent-aligned model) rescales the blend each DDIM jump hands on
-            (:meth:`mrisr.diffusion.PartialDiffusionInferer.sample`'s ``aligned``).
+            (:meth:`mrisr.diffusion.PartialDiffusionInferer.sample`'s ``aligned``);
+            ``fuse_orientations`` (through-plane): average the estimates from the planes along each
+            in-plane axis (e.g. coronal and sagittal planes of an axial scan; the second draws
+            its own noise), at twice the work. None (the default) does so for learned methods
+            where the two in-plane axes are equally fine (:func:`mrisr.geometry.through_orientations`);
+            False keeps one orientation, the finest axis's (the lower index on a tie).
 
     Returns:
         The result, whose volume has the plan's output shape and affine (with ``roi``: the plan of
@@ -273,88 +310,112 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
 
     require_int(batch_size, "batch size")
     require_int(samples, "samples")
-    plan = plan_upsampling(volume.shape, volume.affine, plane, factor, axis)
-    whole_plan, work, box, context = plan, volume, None, None
+    whole_plan = plan_upsampling(volume.shape, volume.affine, plane, factor, axis)
+    box = None
     if roi is not None:
         box = tuple((int(lo), int(hi)) for lo, hi in roi)
-        context = _context_box(box, volume.shape, plan)  # type: ignore[arg-type]
-        work = volume.subvolume(context)
-        plan = plan_upsampling(work.shape, work.affine, plane, factor, plan.slice_axis)
-    result_plan = plan if box is None else plan_upsampling(
+        _context_box(box, volume.shape, whole_plan)  # type: ignore[arg-type]  # refuses a box outside the volume
+    result_plan = whole_plan if box is None else plan_upsampling(
         tuple(hi - lo for lo, hi in box), volume.offset_affine([lo for lo, _ in box]), plane, factor,
-        plan.slice_axis)
+        whole_plan.slice_axis)
     spec = get_method(method)
     given = sorted(k for k, v in options.items() if v is not None)
     if not spec.learned and given:
         raise ConfigError(f"--method {method} takes no {', '.join('--' + k.replace('_', '-') for k in given)} "
                           "(those are for partdiff, sr3 and regression)")
+    orientations = _fused_orientations(whole_plan, spec.learned, options.pop("fuse_orientations", None))
     dev = resolve_device(device)
     adapt_steps, save_adapted = options.pop("adapt", None), options.pop("save_adapted", None)
     if save_adapted is not None and not adapt_steps:
         raise ConfigError("--save-adapted needs --adapt")
     if adapt_steps:
-        options = _adapted_options(volume, plan, method, dev, seed, int(adapt_steps), progress, options)
+        options = _adapted_options(volume, whole_plan, method, dev, seed, int(adapt_steps), progress, options)
         if save_adapted is not None:
             from mrisr.models import save_model
 
             adapted = options["model"]
             save_model(save_adapted, adapted.network, adapted.config)
-    upsampler = spec.build(device=dev, seed=seed, plan=plan, **options)
-    _warn_outside_training_spacing(plan, getattr(upsampler, "input_spacing_mm", None))
+    # each orientation's planes (with a region of interest: of the box and its context)
+    works = []
+    for whole in orientations:
+        work, context, plan = volume, None, whole
+        if box is not None:
+            context = _context_box(box, volume.shape, whole)  # type: ignore[arg-type]
+            work = volume.subvolume(context)
+            plan = plan_upsampling(work.shape, work.affine, plane, factor, whole.slice_axis,
+                                   column_axis=whole.plane_axes[1] if plane == "through" else None)
+        works.append((whole, work, context, plan))
+    upsampler = spec.build(device=dev, seed=seed, plan=works[0][3], **options)
+    _warn_outside_training_spacing(whole_plan, getattr(upsampler, "input_spacing_mm", None))
     if samples > 1 and not upsampler.stochastic:
         raise ConfigError(f"--samples {samples} needs a stochastic method; {method} gives the same result every time")
-    batch_size = fit_batch_size(plan, upsampler, dev, batch_size, samples)
+    batch_sizes = [fit_batch_size(plan, upsampler, dev, batch_size, samples) for _, _, _, plan in works]
     # a sampler, start step and seed belong to diffusion; regression is one deterministic pass
     diffusion = spec.learned and upsampler.stochastic
     if on_start is not None:
         on_start({"plan": result_plan, "roi": box, "method": method,
                   "model_name": getattr(upsampler, "model_name", None),
                   "sampler": getattr(upsampler, "sampler", None) if diffusion else None,
-                  "evaluations": getattr(upsampler, "steps_run", None), "batch_size": batch_size})
+                  "evaluations": getattr(upsampler, "steps_run", None), "batch_size": batch_sizes[0],
+                  "orientations": len(works)})
 
     start = time.perf_counter()
-    data = work.data
     intensity = None
     if upsampler.intensity is not None:
         from mrisr.transforms import robust_range
 
         intensity = robust_range(volume.data, *upsampler.intensity)  # the whole volume's, with or without roi
-        data = intensity.normalise(data)
-    planes = torch.from_numpy(np.ascontiguousarray(to_planes(data, plan), dtype=np.float32))  # (N, H, W)
-    windows = None
     takes_window = "window" in inspect.signature(upsampler.__call__).parameters  # methods registered before it
-    if context is not None and spec.learned and takes_window:
-        whole = volume.data if intensity is None else intensity.normalise(volume.data)
-        windows = _WholePlanes(to_planes(whole, whole_plan), whole_plan, context)
-    out_shape = (plan.n_planes, *(plan.output_shape[a] for a in plan.plane_axes))
-    mean = np.zeros(out_shape, np.float64)
-    m2 = np.zeros(out_shape, np.float64) if samples > 1 else None
     desc = f"{method} x{factor} {plane}-plane" + (f", {samples} samples" if samples > 1 else "")
-    first_plane = context[plan.stack_axis][0] if context is not None else 0  # seeds follow the whole volume
-    batches = -(-plan.n_planes // batch_size) * samples
-    with tqdm(total=plan.n_planes * samples, desc=desc, unit="plane", disable=not progress, delay=1.0,
-              leave=False) as bar:
-        for lo in range(0, plan.n_planes, batch_size):
-            batch = planes[lo:lo + batch_size, None].to(dev)
-            for s in range(samples):
-                seeds = [plane_seed(seed, s, first_plane + lo + i) for i in range(len(batch))]
-                with torch.inference_mode():
-                    if windows is None:
-                        up = upsampler(batch, plan.plane_factors, seeds)
-                    else:
-                        up = upsampler(batch, plan.plane_factors, seeds, window=windows(first_plane + lo, len(batch)))
-                    up = up[:, 0].float().cpu().numpy()
-                # Welford's running mean and sum of squared deviations
-                delta = up - mean[lo:lo + len(batch)]
-                mean[lo:lo + len(batch)] += delta / (s + 1)
-                if m2 is not None:
-                    m2[lo:lo + len(batch)] += delta * (up - mean[lo:lo + len(batch)])
-                bar.update(len(batch))
-                if progress and spec.learned and lo == 0 and s == 0 and batches > 1:
-                    took = time.perf_counter() - start
-                    bar.write(f"mrisr: first batch of {len(batch)} planes in {took:.1f} s: about "
-                              f"{_duration(took * batches)} for all {plan.n_planes} planes"
-                              + (f" x {samples} samples" if samples > 1 else ""), file=sys.stderr)
+    desc += f", {len(works)} orientations" if len(works) > 1 else ""
+    batches = sum(-(-plan.n_planes // b) for (_, _, _, plan), b in zip(works, batch_sizes)) * samples
+    means, m2s, affine = [], [], None
+    with tqdm(total=sum(plan.n_planes for _, _, _, plan in works) * samples, desc=desc, unit="plane",
+              disable=not progress, delay=1.0, leave=False) as bar:
+        for orientation, ((whole, work, context, plan), size) in enumerate(zip(works, batch_sizes)):
+            data = work.data if intensity is None else intensity.normalise(work.data)
+            planes = torch.from_numpy(np.ascontiguousarray(to_planes(data, plan), dtype=np.float32))  # (N, H, W)
+            windows = None
+            if context is not None and spec.learned and takes_window:
+                normalised = volume.data if intensity is None else intensity.normalise(volume.data)
+                windows = _WholePlanes(to_planes(normalised, whole), whole, context)
+            out_shape = (plan.n_planes, *(plan.output_shape[a] for a in plan.plane_axes))
+            mean = np.zeros(out_shape, np.float64)
+            m2 = np.zeros(out_shape, np.float64) if samples > 1 else None
+            first_plane = context[plan.stack_axis][0] if context is not None else 0  # seeds follow the whole volume
+            for lo in range(0, plan.n_planes, size):
+                batch = planes[lo:lo + size, None].to(dev)
+                for s in range(samples):
+                    seeds = [plane_seed(seed, s, first_plane + lo + i, orientation) for i in range(len(batch))]
+                    with torch.inference_mode():
+                        if windows is None:
+                            up = upsampler(batch, plan.plane_factors, seeds)
+                        else:
+                            up = upsampler(batch, plan.plane_factors, seeds,
+                                           window=windows(first_plane + lo, len(batch)))
+                        up = up[:, 0].float().cpu().numpy()
+                    # Welford's running mean and sum of squared deviations
+                    delta = up - mean[lo:lo + len(batch)]
+                    mean[lo:lo + len(batch)] += delta / (s + 1)
+                    if m2 is not None:
+                        m2[lo:lo + len(batch)] += delta * (up - mean[lo:lo + len(batch)])
+                    bar.update(len(batch))
+                    if progress and spec.learned and orientation == 0 and lo == 0 and s == 0 and batches > 1:
+                        took = time.perf_counter() - start
+                        bar.write(f"mrisr: first batch of {len(batch)} planes in {took:.1f} s: about "
+                                  f"{_duration(took * batches)} for all {plan.n_planes} planes"
+                                  + (f" x {samples} samples" if samples > 1 else "")
+                                  + (f" x {len(works)} orientations" if len(works) > 1 else ""), file=sys.stderr)
+            # back to array axes, cropped to the box: every orientation now has the output's layout
+            full = Volume(from_planes(mean, plan), plan.output_affine)
+            crop = _output_box(box, context, plan)
+            means.append(full.data if crop is None else full.data[tuple(slice(lo, hi) for lo, hi in crop)])
+            if m2 is not None:
+                m2 = from_planes(m2, plan)
+                m2s.append(m2 if crop is None else m2[tuple(slice(lo, hi) for lo, hi in crop)])
+            if affine is None:
+                affine = full.affine if crop is None else full.offset_affine([lo for lo, _ in crop])
+    mean, m2 = _pool(means, m2s or None, samples)
     if intensity is not None:
         mean = intensity.denormalise(mean)
     clipped = bool(clip) and volume.data.size > 0 and float(volume.data.min()) >= 0.0
@@ -362,16 +423,14 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
         mean = np.clip(mean, float(volume.data.min()), float(volume.data.max()))
     std_volume = None
     if m2 is not None:
-        std = np.sqrt(m2 / (samples - 1))  # sample standard deviation across the N samples
+        std = np.sqrt(m2 / (len(means) * samples - 1))  # sample standard deviation of all samples
         if intensity is not None:
             std = std * intensity.scale  # back to the input's units (scale only, no offset)
-        std_volume = _crop_output(work.with_data(from_planes(std, plan), plan.output_affine, mrisr_method=method,
-                                                 mrisr_map="std"), box, context, plan)
+        std_volume = volume.with_data(std, affine, mrisr_method=method, mrisr_map="std")
     seconds = time.perf_counter() - start
     logger.info("%s x%d %s-plane: %s -> %s in %.2f s, %d network evaluations", method, factor, plane,
-                plan.input_shape, plan.output_shape, seconds, upsampler.network_evaluations)
-    out = _crop_output(work.with_data(from_planes(mean, plan), plan.output_affine, mrisr_method=method,
-                                      mrisr_plane=plane, mrisr_factor=factor), box, context, plan)
+                result_plan.input_shape, result_plan.output_shape, seconds, upsampler.network_evaluations)
+    out = volume.with_data(mean, affine, mrisr_method=method, mrisr_plane=plane, mrisr_factor=factor)
     extras: dict[str, Any] = {"clipped_to_input_range": clipped}
     if box is not None:
         extras["roi"] = {"voxels": [list(b) for b in box], "context_voxels": ROI_CONTEXT}
@@ -390,7 +449,9 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
                        "self_ensemble": (getattr(upsampler, "ensemble", 1) if getattr(upsampler, "ensemble", 1) > 1
                                          else None),
                        "aligned_jumps": True if getattr(upsampler, "aligned", False) else None,
-                       "consistent_with_input": True if getattr(upsampler, "consistent", False) else None})
+                       "consistent_with_input": True if getattr(upsampler, "consistent", False) else None,
+                       "fused_orientations": ([list(whole.plane_axes) for whole, _, _, _ in works]
+                                              if len(works) > 1 else None)})
     provenance = _provenance(volume, method, plane, factor, extras)
     out.metadata["mrisr_provenance"] = {**provenance, "map": "mean" if samples > 1 else "image"}
     if std_volume is not None:
