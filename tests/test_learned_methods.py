@@ -531,3 +531,19 @@ def test_cli_names_the_fused_orientations_and_turns_them_off(tmp_path):
                     "--fuse-orientations", "-o", "bad.nii.gz", cwd=tmp_path)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "through-plane" in bad.stderr
     assert not (tmp_path / "bad.nii.gz").exists()
+
+
+def test_fusing_orientations_plans_memory_for_both(tmp_path, monkeypatch):
+    """Both orientations' results are held until they are averaged: the up-front memory check
+    counts them, so a fused run that would not fit is refused before any work."""
+    import mrisr.inference as inference
+
+    model = _tiny_regression(tmp_path / "through.safetensors", "through", {"pairs": "through", "blur_sigma_max": 0})
+    data = np.random.default_rng(3).uniform(100, 900, size=(60, 60, 2)).astype(np.float32)
+    vol = Volume(data, make_affine("oblique", (0.8, 0.8, 3.0)))
+    loop = 60 * 60 * 4 * 40  # output voxels x the loop's bytes per voxel, one orientation
+    monkeypatch.setattr(inference.volume, "available_memory", lambda device: int(1.5 * loop / 0.7))
+    one = upsample_volume(vol, "through", 2, method="regression", model=str(model), fuse_orientations=False)
+    assert one.volume.shape == (60, 60, 4)
+    with pytest.raises(ConfigError, match=r"the output \(60 x 60 x 4 voxels\) needs about"):
+        upsample_volume(vol, "through", 2, method="regression", model=str(model))

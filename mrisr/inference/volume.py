@@ -39,13 +39,14 @@ _MEMORY_FRACTION = 0.7
 
 
 def fit_batch_size(plan: UpsamplingPlan, upsampler: PlaneUpsampler, device: torch.device, batch_size: int,
-                   samples: int = 1) -> int:
+                   samples: int = 1, orientations: int = 1) -> int:
     """The batch size that fits the memory of ``device``, known before any work is done.
 
     The requested batch is lowered (with a warning) when its planes would not fit; a job whose
     volume or single plane does not fit at all is refused up front instead of being killed by
     the out-of-memory killer half way (a native 320 x 320 axial scan in-plane x4 took 24 GB with
-    batches of 8 planes of 1280 x 1280).
+    batches of 8 planes of 1280 x 1280). A run fusing ``orientations`` holds each one's result
+    until the end.
 
     Raises:
         ConfigError: not even one plane (or the output volume) fits.
@@ -54,9 +55,10 @@ def fit_batch_size(plan: UpsamplingPlan, upsampler: PlaneUpsampler, device: torc
     host = available_memory(torch.device("cpu")) if device.type == "cuda" else free
     out_voxels = int(np.prod(plan.output_shape))
     gib = 1024**3
-    if host is not None and out_voxels * _LOOP_BYTES_PER_VOXEL * (2 if samples > 1 else 1) > _MEMORY_FRACTION * host:
+    loop_bytes = out_voxels * _LOOP_BYTES_PER_VOXEL * (2 if samples > 1 else 1) * max(1, int(orientations))
+    if host is not None and loop_bytes > _MEMORY_FRACTION * host:
         raise ConfigError(f"the output ({' x '.join(map(str, plan.output_shape))} voxels) needs about "
-                          f"{out_voxels * _LOOP_BYTES_PER_VOXEL / gib:.1f} GiB, but only {host / gib:.1f} GiB of "
+                          f"{loop_bytes / gib:.1f} GiB, but only {host / gib:.1f} GiB of "
                           "memory is available; use a smaller factor or crop the volume")
     model = getattr(upsampler, "model", None)
     if model is None or free is None:
@@ -349,7 +351,7 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     _warn_outside_training_spacing(whole_plan, getattr(upsampler, "input_spacing_mm", None))
     if samples > 1 and not upsampler.stochastic:
         raise ConfigError(f"--samples {samples} needs a stochastic method; {method} gives the same result every time")
-    batch_sizes = [fit_batch_size(plan, upsampler, dev, batch_size, samples) for _, _, _, plan in works]
+    batch_sizes = [fit_batch_size(plan, upsampler, dev, batch_size, samples, len(works)) for _, _, _, plan in works]
     # a sampler, start step and seed belong to diffusion; regression is one deterministic pass
     diffusion = spec.learned and upsampler.stochastic
     if on_start is not None:
