@@ -351,14 +351,17 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     _warn_outside_training_spacing(whole_plan, getattr(upsampler, "input_spacing_mm", None))
     if samples > 1 and not upsampler.stochastic:
         raise ConfigError(f"--samples {samples} needs a stochastic method; {method} gives the same result every time")
-    batch_sizes = [fit_batch_size(plan, upsampler, dev, batch_size, samples, len(works)) for _, _, _, plan in works]
+    # one batch size for every orientation, from the one with the largest planes (one warning if lowered)
+    largest = max((plan for _, _, _, plan in works),
+                  key=lambda p: p.output_shape[p.plane_axes[0]] * p.output_shape[p.plane_axes[1]])
+    batch_size = fit_batch_size(largest, upsampler, dev, batch_size, samples, len(works))
     # a sampler, start step and seed belong to diffusion; regression is one deterministic pass
     diffusion = spec.learned and upsampler.stochastic
     if on_start is not None:
         on_start({"plan": result_plan, "roi": box, "method": method,
                   "model_name": getattr(upsampler, "model_name", None),
                   "sampler": getattr(upsampler, "sampler", None) if diffusion else None,
-                  "evaluations": getattr(upsampler, "steps_run", None), "batch_size": batch_sizes[0],
+                  "evaluations": getattr(upsampler, "steps_run", None), "batch_size": batch_size,
                   "orientations": len(works)})
 
     start = time.perf_counter()
@@ -370,23 +373,23 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     takes_window = "window" in inspect.signature(upsampler.__call__).parameters  # methods registered before it
     desc = f"{method} x{factor} {plane}-plane" + (f", {samples} samples" if samples > 1 else "")
     desc += f", {len(works)} orientations" if len(works) > 1 else ""
-    batches = sum(-(-plan.n_planes // b) for (_, _, _, plan), b in zip(works, batch_sizes)) * samples
+    batches = sum(-(-plan.n_planes // batch_size) for _, _, _, plan in works) * samples
+    normalised = None  # the whole volume normalised, for the windows of a region of interest
+    if box is not None and spec.learned and takes_window:
+        normalised = volume.data if intensity is None else intensity.normalise(volume.data)
     means, m2s, affine = [], [], None
     with tqdm(total=sum(plan.n_planes for _, _, _, plan in works) * samples, desc=desc, unit="plane",
               disable=not progress, delay=1.0, leave=False) as bar:
-        for orientation, ((whole, work, context, plan), size) in enumerate(zip(works, batch_sizes)):
+        for orientation, (whole, work, context, plan) in enumerate(works):
             data = work.data if intensity is None else intensity.normalise(work.data)
             planes = torch.from_numpy(np.ascontiguousarray(to_planes(data, plan), dtype=np.float32))  # (N, H, W)
-            windows = None
-            if context is not None and spec.learned and takes_window:
-                normalised = volume.data if intensity is None else intensity.normalise(volume.data)
-                windows = _WholePlanes(to_planes(normalised, whole), whole, context)
+            windows = None if normalised is None else _WholePlanes(to_planes(normalised, whole), whole, context)
             out_shape = (plan.n_planes, *(plan.output_shape[a] for a in plan.plane_axes))
             mean = np.zeros(out_shape, np.float64)
             m2 = np.zeros(out_shape, np.float64) if samples > 1 else None
             first_plane = context[plan.stack_axis][0] if context is not None else 0  # seeds follow the whole volume
-            for lo in range(0, plan.n_planes, size):
-                batch = planes[lo:lo + size, None].to(dev)
+            for lo in range(0, plan.n_planes, batch_size):
+                batch = planes[lo:lo + batch_size, None].to(dev)
                 for s in range(samples):
                     seeds = [plane_seed(seed, s, first_plane + lo + i, orientation) for i in range(len(batch))]
                     with torch.inference_mode():
@@ -411,10 +414,10 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
             # back to array axes, cropped to the box: every orientation now has the output's layout
             full = Volume(from_planes(mean, plan), plan.output_affine)
             crop = _output_box(box, context, plan)
-            means.append(full.data if crop is None else full.data[tuple(slice(lo, hi) for lo, hi in crop)])
+            index = (slice(None),) * 3 if crop is None else tuple(slice(lo, hi) for lo, hi in crop)
+            means.append(full.data[index])
             if m2 is not None:
-                m2 = from_planes(m2, plan)
-                m2s.append(m2 if crop is None else m2[tuple(slice(lo, hi) for lo, hi in crop)])
+                m2s.append(from_planes(m2, plan)[index])
             if affine is None:
                 affine = full.affine if crop is None else full.offset_affine([lo for lo, _ in crop])
     mean, m2 = _pool(means, m2s or None, samples)
