@@ -541,7 +541,7 @@ def test_fusing_orientations_plans_memory_for_both(tmp_path, monkeypatch):
     model = _tiny_regression(tmp_path / "through.safetensors", "through", {"pairs": "through", "blur_sigma_max": 0})
     data = np.random.default_rng(3).uniform(100, 900, size=(60, 60, 2)).astype(np.float32)
     vol = Volume(data, make_affine("oblique", (0.8, 0.8, 3.0)))
-    loop = 60 * 60 * 4 * 40  # output voxels x the loop's bytes per voxel, one orientation
+    loop = 60 * 60 * 4 * inference.volume._LOOP_BYTES_PER_VOXEL  # output voxels x bytes per voxel, one orientation
     monkeypatch.setattr(inference.volume, "available_memory", lambda device: int(1.5 * loop / 0.7))
     one = upsample_volume(vol, "through", 2, method="regression", model=str(model), fuse_orientations=False)
     assert one.volume.shape == (60, 60, 4)

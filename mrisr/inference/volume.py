@@ -340,19 +340,19 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     # each orientation's planes (with a region of interest: of the box and its context)
     works = []
     for whole in orientations:
-        work, context, plan = volume, None, whole
+        context, plan = None, whole
         if box is not None:
             context = _context_box(box, volume.shape, whole)  # type: ignore[arg-type]
             work = volume.subvolume(context)
             plan = plan_upsampling(work.shape, work.affine, plane, factor, whole.slice_axis,
                                    column_axis=whole.plane_axes[1] if plane == "through" else None)
-        works.append((whole, work, context, plan))
-    upsampler = spec.build(device=dev, seed=seed, plan=works[0][3], **options)
+        works.append((whole, context, plan))
+    upsampler = spec.build(device=dev, seed=seed, plan=works[0][2], **options)
     _warn_outside_training_spacing(whole_plan, getattr(upsampler, "input_spacing_mm", None))
     if samples > 1 and not upsampler.stochastic:
         raise ConfigError(f"--samples {samples} needs a stochastic method; {method} gives the same result every time")
     # one batch size for every orientation, from the one with the largest planes (one warning if lowered)
-    largest = max((plan for _, _, _, plan in works),
+    largest = max((plan for _, _, plan in works),
                   key=lambda p: p.output_shape[p.plane_axes[0]] * p.output_shape[p.plane_axes[1]])
     batch_size = fit_batch_size(largest, upsampler, dev, batch_size, samples, len(works))
     # a sampler, start step and seed belong to diffusion; regression is one deterministic pass
@@ -373,17 +373,18 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
     takes_window = "window" in inspect.signature(upsampler.__call__).parameters  # methods registered before it
     desc = f"{method} x{factor} {plane}-plane" + (f", {samples} samples" if samples > 1 else "")
     desc += f", {len(works)} orientations" if len(works) > 1 else ""
-    batches = sum(-(-plan.n_planes // batch_size) for _, _, _, plan in works) * samples
-    normalised = None  # the whole volume normalised, for the windows of a region of interest
-    if box is not None and spec.learned and takes_window:
-        normalised = volume.data if intensity is None else intensity.normalise(volume.data)
+    batches = sum(-(-plan.n_planes // batch_size) for _, _, plan in works) * samples
+    # the whole volume normalised once (pointwise): every orientation's planes, or its box and
+    # context, are cut from it, and so are a region of interest's whole-plane windows
+    normalised = volume.data if intensity is None else intensity.normalise(volume.data)
+    windowed = box is not None and spec.learned and takes_window
     means, m2s, affine = [], [], None
-    with tqdm(total=sum(plan.n_planes for _, _, _, plan in works) * samples, desc=desc, unit="plane",
+    with tqdm(total=sum(plan.n_planes for _, _, plan in works) * samples, desc=desc, unit="plane",
               disable=not progress, delay=1.0, leave=False) as bar:
-        for orientation, (whole, work, context, plan) in enumerate(works):
-            data = work.data if intensity is None else intensity.normalise(work.data)
+        for orientation, (whole, context, plan) in enumerate(works):
+            data = normalised if context is None else normalised[tuple(slice(lo, hi) for lo, hi in context)]
             planes = torch.from_numpy(np.ascontiguousarray(to_planes(data, plan), dtype=np.float32))  # (N, H, W)
-            windows = None if normalised is None else _WholePlanes(to_planes(normalised, whole), whole, context)
+            windows = _WholePlanes(to_planes(normalised, whole), whole, context) if windowed else None
             out_shape = (plan.n_planes, *(plan.output_shape[a] for a in plan.plane_axes))
             mean = np.zeros(out_shape, np.float64)
             m2 = np.zeros(out_shape, np.float64) if samples > 1 else None
@@ -455,7 +456,7 @@ def upsample_volume(volume: Volume, plane: Plane, factor: int, axis: int | None 
                                          else None),
                        "aligned_jumps": True if getattr(upsampler, "aligned", False) else None,
                        "consistent_with_input": True if getattr(upsampler, "consistent", False) else None,
-                       "fused_orientations": ([list(whole.plane_axes) for whole, _, _, _ in works]
+                       "fused_orientations": ([list(whole.plane_axes) for whole, _, _ in works]
                                               if len(works) > 1 else None)})
     provenance = _provenance(volume, method, plane, factor, extras)
     out.metadata["mrisr_provenance"] = {**provenance, "map": "mean" if samples > 1 else "image"}
