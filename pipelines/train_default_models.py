@@ -39,19 +39,24 @@ class Run:
     init_from: str | None  # a shipped model file to fine-tune, or None (from scratch)
     role: str  # the benchmark_mri.py model option it fills
     plane: str
+    factor: int
     # validate on these planes of the datalist only (a run whose training pairs use every series
     # still validates as the benchmark scores it: through-plane on 0218's coronal and sagittal)
     validation_planes: tuple[str, ...] | None = None
 
 
 RUNS = [
-    Run("inplane_x4_regression", "prostatex_inplane_x4_regression.yaml", None, "regression", "in"),
+    Run("inplane_x4_regression", "prostatex_inplane_x4_regression.yaml", None, "regression", "in", 4),
     Run("inplane_x4_partdiff", "prostatex_inplane_x4_partdiff.yaml", "prostatex_inplane_x4_partdiff.safetensors",
-        "partdiff", "in"),
-    Run("inplane_x4_sr3", "prostatex_inplane_x4_sr3.yaml", "prostatex_inplane_x4_sr3.safetensors", "sr3", "in"),
+        "partdiff", "in", 4),
+    Run("inplane_x4_sr3", "prostatex_inplane_x4_sr3.yaml", "prostatex_inplane_x4_sr3.safetensors", "sr3", "in", 4),
+    Run("inplane_x2_regression", "prostatex_inplane_x2_regression.yaml", "prostatex_inplane_x2_regression.safetensors",
+        "regression", "in", 2),
+    Run("inplane_x2_partdiff", "prostatex_inplane_x2_partdiff.yaml", "prostatex_inplane_x2_partdiff.safetensors",
+        "partdiff", "in", 2),
     Run("through_x6_partdiff", "prostatex_through_x6_partdiff.yaml", "prostatex_through_x6_partdiff.safetensors",
-        "partdiff", "through", validation_planes=("cor", "sag")),
-    Run("through_x6_regression", "prostatex_through_x6_regression.yaml", None, "regression", "through",
+        "partdiff", "through", 6, validation_planes=("cor", "sag")),
+    Run("through_x6_regression", "prostatex_through_x6_regression.yaml", None, "regression", "through", 6,
         validation_planes=("cor", "sag")),
 ]
 
@@ -147,22 +152,22 @@ def main() -> int:
                                      "validation": val, "model": str(models.get(run.name, ""))}
     write_archive(args)
     if not args.no_benchmark:
-        for plane, factor in (("in", 4), ("through", 6)):
-            chosen = [r for r in runs if r.plane == plane and r.name in models]
+        for plane, factor in sorted({(r.plane, r.factor) for r in runs}):
+            chosen = [r for r in runs if (r.plane, r.factor) == (plane, factor) and r.name in models]
             if not chosen:
                 continue
             cmd = [sys.executable, str(REPO / "pipelines" / "benchmark_mri.py"), "--plane", plane, "--factor",
                    str(factor), "--datalist", args.datalist, "--slices", str(args.benchmark_slices), "--crop", "0",
-                   "--device", args.device, "--out", str(args.out / f"benchmark_{plane}")]
+                   "--device", args.device, "--out", str(args.out / f"benchmark_{plane}_x{factor}")]
             for r in chosen:
                 cmd += [f"--{r.role}-model", str(models[r.name])]
             if args.benchmark_methods:
                 cmd += ["--methods", *args.benchmark_methods]
             t1 = time.time()
             res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            (args.out / f"benchmark_{plane}.log").write_text(res.stdout + res.stderr)
+            (args.out / f"benchmark_{plane}_x{factor}.log").write_text(res.stdout + res.stderr)
             print(res.stdout[-3000:], flush=True)
-            summary[f"benchmark_{plane}_seconds"] = time.time() - t1
+            summary[f"benchmark_{plane}_x{factor}_seconds"] = time.time() - t1
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_archive(args)
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}), flush=True)
