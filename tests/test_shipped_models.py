@@ -246,7 +246,6 @@ def test_default_inplane_partdiff_beats_bicubic(factor):
     assert gain > MIN_INPLANE_GAIN_DB["partdiff"][factor], f"PartDiff x{factor} in-plane: {gain:+.2f} dB"
 
 
-
 @needs_prostatex
 @pytest.mark.parametrize("factor", sorted({f for m in MODELS if m.plane == "in" and "regression" in m.methods
                                            for f in m.factors}))
@@ -265,6 +264,7 @@ def test_default_inplane_method_is_regression_and_beats_bicubic(factor):
     for other in (m for m in MODELS if m.plane == "in" and factor not in m.factors):
         with pytest.raises(ConfigError, match=f"not --plane in --factor {factor}"):
             upsample_volume(lr, "in", factor, method=other.methods[0], model=str(other.path))
+
 
 @needs_prostatex
 @pytest.mark.parametrize("plane", ["in", "through"])
