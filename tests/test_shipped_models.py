@@ -233,34 +233,22 @@ def _inplane_pair(factor: int, size: int = 128, planes: int = 2):
 
 
 @needs_prostatex
-@pytest.mark.parametrize("factor", sorted({f for m in MODELS if m.plane == "in" and "partdiff" in m.methods
-                                           for f in m.factors}))
-def test_default_inplane_partdiff_beats_bicubic(factor):
+@pytest.mark.parametrize(("method", "factor"), sorted({(method, f) for m in MODELS if m.plane == "in"
+                                                       for method in m.methods if method in MIN_INPLANE_GAIN_DB
+                                                       for f in m.factors}))
+def test_default_inplane_models_beat_bicubic(method, factor):
+    """Each shipped in-plane PartDiff and regression model, at each factor it serves, ahead of
+    bicubic on the held-out patient; the default (``auto``) is the regression model; models trained
+    for another factor are refused."""
     hr, lr = _inplane_pair(factor)
     span = float(np.percentile(hr.data, 99.5) - np.percentile(hr.data, 0.5))
-    out = upsample_volume(lr, "in", factor, method="partdiff")
-    assert out.extras["model"] == str(default_model("partdiff", "in", factor).path)
+    out = upsample_volume(lr, "in", factor, method=method)
+    assert out.extras["model"] == str(default_model(method, "in", factor).path)
     np.testing.assert_allclose(out.volume.affine, hr.affine, atol=1e-4)
     bic = upsample_volume(lr, "in", factor, method="bicubic").volume
     gain = psnr(out.volume.data, hr.data, span) - psnr(bic.data, hr.data, span)
-    assert gain > MIN_INPLANE_GAIN_DB["partdiff"][factor], f"PartDiff x{factor} in-plane: {gain:+.2f} dB"
-
-
-@needs_prostatex
-@pytest.mark.parametrize("factor", sorted({f for m in MODELS if m.plane == "in" and "regression" in m.methods
-                                           for f in m.factors}))
-def test_default_inplane_method_is_regression_and_beats_bicubic(factor):
-    """What `mrisr upsample --plane in` runs by default at each shipped factor: that factor's own
-    regression model, ahead of bicubic on the held-out patient; the other factor's model is refused."""
-    hr, lr = _inplane_pair(factor)
-    span = float(np.percentile(hr.data, 99.5) - np.percentile(hr.data, 0.5))
+    assert gain > MIN_INPLANE_GAIN_DB[method][factor], f"{method} x{factor} in-plane: {gain:+.2f} dB"
     assert auto_method("in", factor) == "regression"
-    out = upsample_volume(lr, "in", factor, method="regression")
-    assert out.extras["model"] == str(default_model("regression", "in", factor).path)
-    np.testing.assert_allclose(out.volume.affine, hr.affine, atol=1e-4)
-    bic = upsample_volume(lr, "in", factor, method="bicubic").volume
-    gain = psnr(out.volume.data, hr.data, span) - psnr(bic.data, hr.data, span)
-    assert gain > MIN_INPLANE_GAIN_DB["regression"][factor], f"regression x{factor} in-plane: {gain:+.2f} dB"
     for other in (m for m in MODELS if m.plane == "in" and factor not in m.factors):
         with pytest.raises(ConfigError, match=f"not --plane in --factor {factor}"):
             upsample_volume(lr, "in", factor, method=other.methods[0], model=str(other.path))
