@@ -27,7 +27,7 @@ MODELS = shipped_models()
 REQUIRED = [("partdiff", "through", 6), ("partdiff", "in", 4), ("sr3", "in", 4), ("regression", "in", 4),
             ("regression", "through", 6), ("partdiff", "in", 2), ("regression", "in", 2)]
 # the measured gains on every plane of 0218 (docs/models.md): in-plane x4 PartDiff +1.08 dB and
-# regression +1.67, x2 PartDiff +2.21 and regression +2.57; on the test's two crops (2026-11-29) +0.75 /
+# regression +1.67, x2 PartDiff +2.24 and regression +2.57; on the test's two crops (2026-11-29) +0.75 /
 # +1.21 dB at x4, +1.40 / +1.55 at x2; the thresholds leave a margin for fp32 and other CPUs
 MIN_INPLANE_GAIN_DB = {"partdiff": {2: 0.9, 4: 0.4}, "regression": {2: 1.0, 4: 0.8}}
 # method -> the training objective its shipped model must have
