@@ -139,3 +139,33 @@ def test_symmetric_mean_keeps_equivariant_maps_and_cancels_what_breaks_the_symme
     # an even bias survives: the mean cannot remove what every orientation agrees on
     even = lambda x: x + ramp[:, None] ** 2  # noqa: E731
     torch.testing.assert_close(study.symmetric_mean(even, image, "through"), image + ramp[:, None] ** 2)
+
+
+def test_zonal_spread_over_segmenters_is_mean_and_range_and_skips_what_a_run_skipped(tmp_path):
+    zonal = _pipeline("zonal_segmentation_eval")
+    nan = float("nan")
+
+    def run(orig: float, bic4: float, reg4: float, reg8: float) -> dict:
+        zone = {"bicubic": {"4": bic4, "8": bic4 / 2}, "regression": {"4": reg4, "8": reg8}}
+        return {"original": {"PZ": orig, "gland": orig}, "mean_dice": {"PZ": zone, "gland": zone}}
+
+    # written and read back as the evaluation writes it (json keeps NaN for a skipped method)
+    runs = {f"seed{i}": run(*values) for i, values in enumerate([(0.9, 0.2, 0.6, nan), (0.8, 0.4, 0.9, nan),
+                                                                   (1.0, 0.3, 0.3, nan)])}
+    (tmp_path / "dice.json").write_text(json.dumps(runs))
+    lines = zonal.spread_table(json.loads((tmp_path / "dice.json").read_text())).splitlines()
+    assert lines[0] == "| factor | method | Dice PZ | Dice gland |"
+    assert lines[2] == "| - | original | 0.900 [0.800, 1.000] | 0.900 [0.800, 1.000] |"
+    assert lines[3] == "| x4 | bicubic | 0.300 [0.200, 0.400] | 0.300 [0.200, 0.400] |"
+    assert lines[4] == "| x4 | regression | 0.600 [0.300, 0.900] | 0.600 [0.300, 0.900] |"
+    assert lines[5] == "| x8 | bicubic | 0.150 [0.100, 0.200] | 0.150 [0.100, 0.200] |"
+    assert len(lines) == 6  # regression x8: no model, no row
+
+
+def test_zonal_eval_refuses_two_segmenter_folders_of_one_name_in_one_line(tmp_path, capsys):
+    zonal = _pipeline("zonal_segmentation_eval")
+    code = zonal.main(["--segmenters", str(tmp_path / "a" / "seg"), str(tmp_path / "b" / "seg"),
+                       "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "distinct names" in err
+    assert not (tmp_path / "out").exists()
