@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         header += ("Leave-one-patient-out Dice of the segmenter on the original volumes (trained on the other "
                    "patient only): " + "; ".join(f"{p}: " + ", ".join(f"{z} {d:.2f}" for z, d in v.items())
                                               for p, v in held.items()) + ".\n\n")
-    (out / "summary.md").write_text(header + "\n".join(sections))
+    partial = out / ".summary.md.partial"
+    partial.write_text(header + "\n".join(sections))
+    partial.replace(out / "summary.md")  # atomic: a reader sees the old summary or the new one
     print(f"wrote {out / 'summary.md'}")
     return status
 
