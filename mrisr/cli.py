@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     seg.add_argument("--batch-size", default="8", help="planes per network call (default 8)")
     seg.add_argument("--seed", default="0")
+    seg.add_argument("--samples", default="1", help="diffusion methods (partdiff, sr3): segment the mean of N "
+                     "samples instead of one (default 1); the other methods run once")
     _common(seg)
 
     bu = sub.add_parser("export-bundle", help="write a model as a MONAI bundle (model-zoo layout)",
@@ -791,6 +793,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     factors = [_factor(f) for f in (args.factors or default)]
     seed = _int_at_least(args.seed, "--seed", 0)
     batch_size = _positive_int(args.batch_size, "--batch-size")
+    samples = _positive_int(args.samples, "--samples")
 
     from tqdm.auto import tqdm
 
@@ -815,7 +818,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             bar.update(1)
 
         result = evaluate_segmentation(entries, segmenter, args.plane, factors, args.methods, device=str(device),
-                                       seed=seed, batch_size=batch_size, progress=progress)
+                                       seed=seed, batch_size=batch_size, progress=progress, samples=samples)
     import shlex
 
     command = shlex.join(["mrisr", *_CURRENT_ARGV])

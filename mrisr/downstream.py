@@ -54,6 +54,7 @@ class SegmentationEvaluation:
     examples: list[dict[str, Any]] = field(default_factory=list)  # one slice of the first volume
     plane: str = "in"
     seconds: float = 0.0
+    samples: int = 1  # the stochastic methods' outputs are the mean of this many samples
 
     def mean(self, factor: int, method: str, zone: str) -> tuple[float, int]:
         values = [r.dice for r in self.rows if (r.factor, r.method, r.zone) == (factor, method, zone)
@@ -96,8 +97,11 @@ def _example(hr: Volume, reference: np.ndarray, outputs: dict[str, tuple[Volume,
 
 def evaluate_segmentation(entries: Sequence[DataEntry], segmenter: Segmenter, plane: str, factors: Sequence[int],
                           methods: Sequence[str], device: str = "cpu", seed: int = 0, batch_size: int = 8,
-                          progress: Callable[[str], None] | None = None) -> SegmentationEvaluation:
+                          progress: Callable[[str], None] | None = None, samples: int = 1) -> SegmentationEvaluation:
     """Dice of the segmenter on each method's output, per volume, factor and zone.
+
+    ``samples > 1``: the stochastic methods (the diffusion samplers) are segmented on the mean of
+    that many samples (closer to the posterior mean); the others run once, as they give one result.
 
     A volume that fails (unreadable image or label, a segmenter error) is recorded in
     ``failures`` and skipped; a learned method without a model for a factor is skipped for that
@@ -108,7 +112,7 @@ def evaluate_segmentation(entries: Sequence[DataEntry], segmenter: Segmenter, pl
 
     for m in methods:
         get_method(m)  # unknown names fail before any work
-    result = SegmentationEvaluation(plane=plane)
+    result = SegmentationEvaluation(plane=plane, samples=samples)
     t0 = time.perf_counter()
     for n, entry in enumerate(entries):
         name = Path(entry.image).name
@@ -124,8 +128,9 @@ def evaluate_segmentation(entries: Sequence[DataEntry], segmenter: Segmenter, pl
                     if progress is not None:
                         progress(f"{name}: x{factor} {method}")
                     try:
+                        n_samples = samples if get_method(method).stochastic else 1
                         out = upsample_volume(lr, plane, factor, axis=axis, method=method, device=device, seed=seed,
-                                              batch_size=batch_size).volume
+                                              batch_size=batch_size, samples=n_samples).volume
                     except ConfigError as exc:
                         if get_method(method).learned and "no default" in str(exc):
                             note = f"{method} x{factor} (no shipped model serves --plane {plane} --factor {factor})"
@@ -192,7 +197,10 @@ def write_segmentation_report(result: SegmentationEvaluation, out_dir: str | os.
     references = sorted({r.reference for r in result.rows})
     lines = [f"Dice of `{segmenter_name}` on each method's output ({result.plane}-plane), mean over volumes; "
              f"reference: {', '.join(references) or 'none'}. `original`: the segmenter on the original "
-             "volume (the upper bound when the reference is a label).", ""]
+             "volume (the upper bound when the reference is a label)."
+             + (f" The diffusion methods' outputs are the mean of {result.samples} samples."
+                if result.samples > 1 else ""),
+             ""]
     if command:
         lines += [f"Command: `{command}`", ""]
     lines += ["| factor | method | " + " | ".join(f"Dice {z}" for z in ZONES) + " | volumes |",
@@ -216,7 +224,7 @@ def write_segmentation_report(result: SegmentationEvaluation, out_dir: str | os.
     paths["json"] = write_json({"plane": result.plane, "segmenter": segmenter_name, "references": references,
                                 "mean_dice": summary,
                                 "original": {z: result.mean(1, ORIGINAL, z)[0] for z in ZONES},
-                                "skipped": result.skipped,
+                                "samples": result.samples, "skipped": result.skipped,
                                 "failures": [{"volume": p, "reason": why} for p, why in result.failures],
                                 "seconds": round(result.seconds, 1)}, out / "dice.json")
 

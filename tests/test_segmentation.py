@@ -198,3 +198,43 @@ def test_a_bundle_whose_weights_do_not_fit_its_network_fails_in_one_line(tmp_pat
     volume = Volume(np.zeros((4, 4, 2), np.float32), np.eye(4))
     with pytest.raises(InputError, match="does not fit the bundle's network_def"):
         BundleSegmenter(tmp_path / "b")(volume)
+
+
+def test_samples_average_only_the_stochastic_methods(tmp_path, monkeypatch):
+    """``--samples N``: the diffusion methods are segmented on the mean of N samples; the methods
+    that give one result run once; the number is recorded in the report."""
+    import mrisr.inference
+    from mrisr.data import DataEntry
+    from mrisr.downstream import evaluate_segmentation, write_segmentation_report
+    from mrisr.inference import get_method
+
+    assert [m for m in ("bicubic", "bspline", "regression", "partdiff", "sr3") if get_method(m).stochastic] == \
+        ["partdiff", "sr3"]
+    data = np.zeros((16, 16, 3), np.float32)
+    data[4:12, 4:12] = 1.0
+    save_volume(Volume(data, np.eye(4)), tmp_path / "case.nii.gz")
+    real, asked = mrisr.inference.upsample_volume, {}
+
+    def upsample(volume, plane, factor, method, samples=1, **kw):
+        asked[method] = samples  # every method runs as bicubic here: no model is loaded
+        return real(volume, plane, factor, method="bicubic", **kw)
+
+    monkeypatch.setattr(mrisr.inference, "upsample_volume", upsample)
+    def segmenter(v: Volume) -> np.ndarray:  # bright: PZ in the first rows, TZ in the others
+        rows = np.arange(v.shape[0])[:, None, None] < v.shape[0] // 2
+        return np.where(v.data > 0.5, np.where(rows, 1, 2), 0).astype(np.int64)
+
+    result = evaluate_segmentation([DataEntry(image=str(tmp_path / "case.nii.gz"), patient="p")], segmenter, "in",
+                                   [2], ["bicubic", "regression", "partdiff"], samples=3)
+    assert not result.failures and asked == {"bicubic": 1, "regression": 1, "partdiff": 3}
+    write_segmentation_report(result, tmp_path / "out", "threshold")
+    assert json.loads((tmp_path / "out" / "dice.json").read_text())["samples"] == 3
+    assert "mean of 3 samples" in (tmp_path / "out" / "dice.md").read_text()
+
+
+def test_evaluate_segmentation_refuses_zero_samples_in_one_line(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps({"validation": [{"image": "x.nii.gz"}]}))
+    result = run_mrisr("evaluate", "segmentation", tmp_path / "d.json", "--segmenter", tmp_path / "s.safetensors",
+                       "--samples", "0", "-o", tmp_path / "out")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "--samples" in result.stderr
+    assert not (tmp_path / "out").exists()

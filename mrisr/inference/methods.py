@@ -77,24 +77,27 @@ class MethodSpec:
         summary: one line for ``--help`` and docs.
         build: ``build(device=..., seed=..., plan=..., **options)`` -> :class:`PlaneUpsampler`.
         learned: whether the method runs a trained network.
+        stochastic: whether its result depends on the seed (the diffusion samplers), so that
+            ``samples > 1`` averages different results.
     """
 
     name: str
     summary: str
     build: Callable[..., PlaneUpsampler]
     learned: bool = False
+    stochastic: bool = False
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, summary: str, learned: bool = False) -> Callable:
+def register_method(name: str, summary: str, learned: bool = False, stochastic: bool = False) -> Callable:
     """Decorator that registers a builder under ``name``."""
 
     def deco(build: Callable[..., PlaneUpsampler]) -> Callable[..., PlaneUpsampler]:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is registered twice")
-        _REGISTRY[name] = MethodSpec(name=name, summary=summary, build=build, learned=learned)
+        _REGISTRY[name] = MethodSpec(name=name, summary=summary, build=build, learned=learned, stochastic=stochastic)
         return build
 
     return deco
@@ -396,7 +399,7 @@ def _build_learned(method: str, device: torch.device, plan: UpsamplingPlan, mode
                        aligned=bool(aligned_jumps),
                        intensity=model_percentiles(loaded.config),
                        # ancestral steps add noise; DDIM is deterministic given its noisy start
-                       stochastic=method != "regression")
+                       stochastic=get_method(method).stochastic)
     from mrisr.models import sha256 as file_sha256
 
     learned.model_name = shipped_entry.name if shipped_entry else loaded.path.name
@@ -446,12 +449,14 @@ def default_sampling(method: str, defaults: dict[str, Any], sampler: str | None,
     return defaults["sampler"], steps, aligned_jumps
 
 
-@register_method("partdiff", "Partial Diffusion: start at step K from the diffused LR image (--model)", learned=True)
+@register_method("partdiff", "Partial Diffusion: start at step K from the diffused LR image (--model)", learned=True,
+                 stochastic=True)
 def _build_partdiff(**kwargs: Any) -> PlaneUpsampler:
     return _build_learned("partdiff", **kwargs)
 
 
-@register_method("sr3", "SR3: ancestral sampling from pure noise through the whole schedule (--model)", learned=True)
+@register_method("sr3", "SR3: ancestral sampling from pure noise through the whole schedule (--model)", learned=True,
+                 stochastic=True)
 def _build_sr3(**kwargs: Any) -> PlaneUpsampler:
     return _build_learned("sr3", **kwargs)
 
