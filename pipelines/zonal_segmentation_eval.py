@@ -122,7 +122,7 @@ def spread_table(per_segmenter: dict[str, dict]) -> str:
     zones = list(runs[0]["original"])
 
     def cell(values: list[float]) -> str:
-        v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+        v = np.array([x for x in values if np.isfinite(x)], dtype=float)
         return "-" if v.size == 0 else f"{v.mean():.3f} [{v.min():.3f}, {v.max():.3f}]"
 
     lines = ["| factor | method | " + " | ".join(f"Dice {z}" for z in zones) + " |",
