@@ -403,3 +403,21 @@ def test_a_continued_model_counts_the_steps_of_its_start(tmp_path):
     assert (config_out["trained_steps"], config_out["exported_from_step"]) == (43, 3)
     # files from before the count know their last run's step only; hand-made ones nothing
     assert trained_steps({"exported_from_step": 7}) == 7 and trained_steps({}) == 0
+
+
+def test_set_replaces_one_network_value_and_keeps_the_rest(tmp_path):
+    # a file's network section replaces the default one as a whole, but --set names one value: the
+    # file's preset (and with it the attention levels) must survive --set network.channels
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {datalist: list.json}\nnetwork: {preset: small, channels: [16, 32, 64, 64]}\n")
+    assert load_config(cfg)["network"] == {"preset": "small", "channels": [16, 32, 64, 64]}
+    config = load_config(cfg, {"network": {"channels": [32, 64, 128, 128]}})
+    assert config["network"] == {"preset": "small", "channels": [32, 64, 128, 128]}
+    # a network argument the file does not name can be set too; other sections stay strict
+    assert load_config(cfg, {"network": {"num_res_blocks": 3}})["network"]["num_res_blocks"] == 3
+    with pytest.raises(ConfigError, match="unknown config key 'optim.learning_rate'"):
+        load_config(cfg, {"optim": {"learning_rate": 1.0}})
+    # the schedules' sections merge the same way under --set
+    steps = load_config(cfg)["schedules"]["train"]
+    changed = load_config(cfg, {"schedules": {"train": {"beta_end": 0.02}}})["schedules"]["train"]
+    assert changed == {**steps, "beta_end": 0.02}

@@ -72,13 +72,21 @@ DEFAULTS: dict[str, Any] = {
 _WHOLE = {"network", "train", "inference"}
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any], path: str = "") -> dict[str, Any]:
+def _merge(base: dict[str, Any], update: dict[str, Any], path: str = "", whole: bool = True,
+           free: bool = False) -> dict[str, Any]:
+    """``base`` updated by ``update``, key by key. A file's ``network`` (and schedule) section
+    replaces the default one as a whole (``whole``); ``--set`` overrides (``whole=False``) replace
+    one value in it and keep the rest. Keys unknown to ``base`` are refused, except inside such a
+    section (``free``: its keys are the network's or schedule's arguments, checked where built)."""
     out = copy.deepcopy(base)
     for key, value in update.items():
         if key not in base:
-            raise ConfigError(f"unknown config key {path + key!r}; allowed: {', '.join(sorted(base))}")
-        if isinstance(base[key], dict) and isinstance(value, dict) and key not in _WHOLE:
-            out[key] = _merge(base[key], value, f"{path}{key}.")
+            if not free:
+                raise ConfigError(f"unknown config key {path + key!r}; allowed: {', '.join(sorted(base))}")
+            out[key] = value
+            continue
+        if isinstance(base[key], dict) and isinstance(value, dict) and (key not in _WHOLE or not whole):
+            out[key] = _merge(base[key], value, f"{path}{key}.", whole, free or key in _WHOLE)
         else:
             out[key] = value
     return out
@@ -129,7 +137,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p} must hold a mapping of settings")
     config = _merge(DEFAULTS, raw)
-    config = _merge(config, overrides or {})
+    config = _merge(config, overrides or {}, whole=False)  # --set: one value, the section's others kept
     config["config_dir"] = str(p.resolve().parent)
     _validate(config)
     return config
