@@ -223,9 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "the segmenter on the original (docs/downstream.md).")
     seg.add_argument("datalist", help="decathlon-format JSON datalist; entries may name a 'label' map (0 "
                      "background, 1 PZ, 2 TZ) on the image's grid")
-    seg.add_argument("--segmenter", required=True, help="a MONAI bundle folder (model-zoo layout) or an mrisr "
-                     "segmenter .safetensors (pipelines/train_zonal_segmenter.py)")
-    seg.add_argument("--label-map", help="the segmenter's labels as zones, e.g. 1=TZ,2=PZ (default: 1 PZ, 2 TZ)")
+    seg.add_argument("--segmenter", required=True, nargs="+", help="a MONAI bundle folder (model-zoo layout) or "
+                     "an mrisr segmenter .safetensors (pipelines/train_zonal_segmenter.py); several: every output "
+                     "is made once and segmented by each, one report per segmenter in its own subfolder of -o, "
+                     "and spread.md gives the mean Dice over them with the lowest and highest")
+    seg.add_argument("--label-map", help="the segmenters' labels as zones, e.g. 1=TZ,2=PZ (default: 1 PZ, 2 TZ)")
     seg.add_argument("--plane", default="in", choices=["in", "through"])
     seg.add_argument("--factors", nargs="+", help="factors (default: 2 4 8 in-plane, 6 through-plane)")
     seg.add_argument("--methods", nargs="+", default=["bicubic", "bspline", "regression", "partdiff"],
@@ -799,8 +801,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from mrisr.data import load_datalist
     from mrisr.devices import resolve_device
-    from mrisr.downstream import evaluate_segmentation, write_segmentation_report
+    from mrisr.downstream import evaluate_segmenters, spread_table, write_segmentation_report
     from mrisr.inference import get_method
+    from mrisr.io import write_bytes
     from mrisr.segmentation import load_segmenter
 
     for m in args.methods:
@@ -810,25 +813,58 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     entries = {"training": train, "validation": val, "all": train + val}[args.split]
     if not entries:
         raise InputError(f"{args.datalist} has no {args.split} entries")
-    segmenter = load_segmenter(args.segmenter, args.label_map, device=device)
+    labels = _segmenter_labels(args.segmenter)
+    segmenters = {label: load_segmenter(spec, args.label_map, device=device)
+                  for label, spec in zip(labels, args.segmenter)}
     total = len(entries) * len(factors) * len(args.methods)
     with tqdm(total=total, desc="segmentation", unit="run", disable=args.quiet, delay=1.0, leave=False) as bar:
         def progress(text: str) -> None:
             bar.set_postfix_str(text, refresh=False)
             bar.update(1)
 
-        result = evaluate_segmentation(entries, segmenter, args.plane, factors, args.methods, device=str(device),
-                                       seed=seed, batch_size=batch_size, progress=progress, samples=samples)
+        results = evaluate_segmenters(entries, segmenters, args.plane, factors, args.methods, device=str(device),
+                                      seed=seed, batch_size=batch_size, progress=progress, samples=samples)
+    import json
     import shlex
 
     command = shlex.join(["mrisr", *_CURRENT_ARGV])
-    paths = write_segmentation_report(result, args.out, segmenter.name, command=command)
-    for path, why in result.failures:
+    out = Path(args.out)
+    several = len(segmenters) > 1
+    written, reports = [], {}
+    for label, result in results.items():
+        paths = write_segmentation_report(result, out / label if several else out, segmenters[label].name,
+                                          command=command)
+        written += paths.values()
+        reports[label] = paths
+    first = next(iter(results.values()))
+    for path, why in first.failures:
         print(f"mrisr: error: {path}: {why} (skipped)", file=sys.stderr)
+    if several:
+        dice = {label: json.loads(paths["json"].read_text()) for label, paths in reports.items()}
+        text = (f"Dice over {len(dice)} segmenters ({', '.join(dice)}; each one's report in its subfolder): "
+                f"the mean [lowest, highest], {args.plane}-plane, mean over volumes.\n\nCommand: `{command}`\n\n"
+                + spread_table(dice))
+        spread = out / "spread.md"
+        write_bytes(text.encode("utf-8"), spread)
+        written.append(spread)
     if not args.quiet:
-        print(paths["markdown"].read_text(), end="")
-        print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return EXIT_USAGE if result.failures else 0
+        print((spread if several else reports[labels[0]]["markdown"]).read_text(), end="")
+        print(f"wrote {', '.join(str(p) for p in written)}")
+    return EXIT_USAGE if first.failures else 0
+
+
+def _segmenter_labels(specs: list[str]) -> list[str]:
+    """Names for the segmenters' report folders: their file (or bundle folder) names without the
+    suffix; where those repeat (segmenter_all.safetensors of several training runs), the folders
+    they lie in."""
+    paths = [Path(s) for s in specs]
+    for labels in ([p.stem if p.suffix == ".safetensors" else p.name for p in paths],
+                   [p.resolve().parent.name for p in paths]):
+        if len(set(labels)) == len(labels):
+            return labels
+    if len(set(p.resolve() for p in paths)) < len(paths):
+        raise InputError("--segmenter names the same segmenter twice")
+    return [f"segmenter{n}" for n in range(len(paths))]
 
 
 def cmd_export_bundle(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ from mrisr.io import Volume, load_volume, write_bytes, write_json
 from mrisr.segmentation import ZONES, Segmenter, resample_labels, zone_dice
 from mrisr.transforms import ROBUST_PERCENTILES
 
-__all__ = ["SegmentationRow", "SegmentationEvaluation", "evaluate_segmentation", "write_segmentation_report"]
+__all__ = ["SegmentationRow", "SegmentationEvaluation", "evaluate_segmentation", "evaluate_segmenters",
+           "write_segmentation_report", "spread_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,21 +108,44 @@ def evaluate_segmentation(entries: Sequence[DataEntry], segmenter: Segmenter, pl
     ``failures`` and skipped; a learned method without a model for a factor is skipped for that
     factor (``skipped``) and is not a failure.
     """
+    return evaluate_segmenters(entries, {"segmenter": segmenter}, plane, factors, methods, device=device, seed=seed,
+                               batch_size=batch_size, progress=progress, samples=samples)["segmenter"]
+
+
+def evaluate_segmenters(entries: Sequence[DataEntry], segmenters: Mapping[str, Segmenter], plane: str,
+                        factors: Sequence[int], methods: Sequence[str], device: str = "cpu", seed: int = 0,
+                        batch_size: int = 8, progress: Callable[[str], None] | None = None,
+                        samples: int = 1) -> dict[str, SegmentationEvaluation]:
+    """:func:`evaluate_segmentation` for several segmenters at once, one evaluation per name: each
+    volume is degraded and upsampled once per factor and method, and every segmenter segments the
+    same outputs (a segmenter trained on two patients is a noisy instrument, docs/downstream.md;
+    the upsampling, not the segmenting, is the cost).
+
+    A volume that fails for one segmenter (or before any segmenting) is recorded in every
+    evaluation's ``failures`` and skipped for all of them, so their rows cover the same volumes.
+    """
     from mrisr.inference import get_method, upsample_volume
     from mrisr.degradation import simulate_lowres
 
+    if not segmenters:
+        raise ConfigError("no segmenter given")
     for m in methods:
         get_method(m)  # unknown names fail before any work
-    result = SegmentationEvaluation(plane=plane, samples=samples)
+    results = {name: SegmentationEvaluation(plane=plane, samples=samples) for name in segmenters}
     t0 = time.perf_counter()
     for n, entry in enumerate(entries):
         name = Path(entry.image).name
         try:
             hr = load_volume(entry.image, series=entry.series)
-            hr_labels = segmenter(hr)
-            reference, ref_name = _reference(entry, hr, hr_labels)
-            rows = [SegmentationRow(name, 1, ORIGINAL, z, d, ref_name) for z, d in zone_dice(hr_labels, reference).items()]
-            example_outputs: dict[str, tuple[Volume, np.ndarray]] = {ORIGINAL: (hr, hr_labels)}
+            per: dict[str, dict[str, Any]] = {}
+            for label, segmenter in segmenters.items():
+                hr_labels = segmenter(hr)
+                reference, ref_name = _reference(entry, hr, hr_labels)
+                per[label] = {"reference": reference, "ref_name": ref_name,
+                              "rows": [SegmentationRow(name, 1, ORIGINAL, z, d, ref_name)
+                                       for z, d in zone_dice(hr_labels, reference).items()],
+                              "examples": {ORIGINAL: (hr, hr_labels)}}
+            skipped: list[str] = []
             for factor in factors:
                 lr, axis = simulate_lowres(hr, plane, factor)
                 for method in methods:
@@ -133,32 +157,41 @@ def evaluate_segmentation(entries: Sequence[DataEntry], segmenter: Segmenter, pl
                                               batch_size=batch_size, samples=n_samples).volume
                     except ConfigError as exc:
                         if get_method(method).learned and "no default" in str(exc):
-                            note = f"{method} x{factor} (no shipped model serves --plane {plane} --factor {factor})"
-                            if note not in result.skipped:
-                                result.skipped.append(note)
+                            skipped.append(f"{method} x{factor} (no shipped model serves --plane {plane} "
+                                           f"--factor {factor})")
                             continue
                         raise
-                    labels = segmenter(out)
-                    ref = _on_grid(reference, hr, out)
-                    rows += [SegmentationRow(name, factor, method, z, d, ref_name)
-                             for z, d in zone_dice(labels, ref).items()]
-                    if n == 0:
-                        example_outputs[f"{method} x{factor}"] = (out, labels)
-            result.rows += rows
-            if n == 0:
-                # the figure shows the factor at which the most methods ran (the largest of ties)
-                counts = {f: sum(key.endswith(f" x{f}") for key in example_outputs) for f in factors}
-                shown = max(factors, key=lambda f: (counts[f], f)) if factors else None
-                chosen = {key: value for key, value in example_outputs.items()
-                          if key == ORIGINAL or key.endswith(f" x{shown}")}
-                result.examples.append({"volume": name, "reference_name": ref_name, "codes": hr.orientation,
-                                        **_example(hr, reference, chosen)})
+                    for label, segmenter in segmenters.items():
+                        labels = segmenter(out)
+                        ref = _on_grid(per[label]["reference"], hr, out)
+                        per[label]["rows"] += [SegmentationRow(name, factor, method, z, d, per[label]["ref_name"])
+                                               for z, d in zone_dice(labels, ref).items()]
+                        if n == 0:
+                            per[label]["examples"][f"{method} x{factor}"] = (out, labels)
+            for label, result in results.items():
+                result.rows += per[label]["rows"]
+                result.skipped += [note for note in skipped if note not in result.skipped]
+                if n == 0:
+                    result.examples.append(_first_example(name, hr, factors, per[label]))
         except (MrisrError, OSError, ValueError, RuntimeError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            result.failures.append((entry.image, reason))
+            for result in results.values():
+                result.failures.append((entry.image, reason))
             logger.warning("skipping %s: %s", entry.image, reason)
-    result.seconds = time.perf_counter() - t0
-    return result
+    for result in results.values():
+        result.seconds = time.perf_counter() - t0
+    return results
+
+
+def _first_example(name: str, hr: Volume, factors: Sequence[int], per: dict[str, Any]) -> dict[str, Any]:
+    """The figure of the first volume: the factor at which the most methods ran (the largest of ties)."""
+    example_outputs = per["examples"]
+    counts = {f: sum(key.endswith(f" x{f}") for key in example_outputs) for f in factors}
+    shown = max(factors, key=lambda f: (counts[f], f)) if factors else None
+    chosen = {key: value for key, value in example_outputs.items()
+              if key == ORIGINAL or key.endswith(f" x{shown}")}
+    return {"volume": name, "reference_name": per["ref_name"],
+            "codes": hr.orientation, **_example(hr, per["reference"], chosen)}
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -282,3 +315,29 @@ def write_segmentation_report(result: SegmentationEvaluation, out_dir: str | os.
         _atomic_figure(paths["examples"], fig)
         plt.close(fig)
     return paths
+
+
+def spread_table(per_segmenter: Mapping[str, dict]) -> str:
+    """Markdown table of the mean Dice over segmenters, with the lowest and highest, from the
+    ``dice.json`` of each segmenter's ``mrisr evaluate segmentation`` run on one case. Rows: the
+    original, then each factor and method in the order of the first run; a method a run skipped
+    (NaN) is left out of that row's statistics."""
+    runs = list(per_segmenter.values())
+    zones = list(runs[0]["original"])
+
+    def cell(values: list[float]) -> str:
+        v = np.array([x for x in values if np.isfinite(x)], dtype=float)
+        return "-" if v.size == 0 else f"{v.mean():.3f} [{v.min():.3f}, {v.max():.3f}]"
+
+    lines = ["| factor | method | " + " | ".join(f"Dice {z}" for z in zones) + " |",
+             "|---|---|" + "---|" * len(zones),
+             "| - | original | " + " | ".join(cell([r["original"][z] for r in runs]) for z in zones) + " |"]
+    methods = runs[0]["mean_dice"][zones[0]]
+    factors = sorted({f for m in methods.values() for f in m}, key=float)
+    for factor in factors:
+        for method in methods:
+            values = {z: [r["mean_dice"][z].get(method, {}).get(factor, float("nan")) for r in runs] for z in zones}
+            if all(cell(v) == "-" for v in values.values()):
+                continue
+            lines.append(f"| x{factor} | {method} | " + " | ".join(cell(values[z]) for z in zones) + " |")
+    return "\n".join(lines) + "\n"

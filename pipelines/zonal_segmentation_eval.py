@@ -17,8 +17,9 @@ puts the three tables together with the command, machine and date.
 
 A segmenter trained on two patients is itself a noisy instrument: two trained by the same
 command with other seeds (``train_zonal_segmenter.py --seed N``) can rank the methods differently.
-Given several ``--segmenters`` folders, each is run in its own subfolder and ``summary.md`` adds,
-per case, the mean Dice over the segmenters with its range (docs/downstream.md).
+Given several ``--segmenters`` folders, each case is still one run: every output is made once and
+segmented by each segmenter (their reports in ``OUT/CASE/FOLDER/``), and ``summary.md`` gives per
+case the mean Dice over the segmenters with its range, then each one's table (docs/downstream.md).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from mrisr.downstream import spread_table
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -61,42 +62,42 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sections, status = [], 0
     results: dict[str, dict[str, dict]] = {}
-    for seg_dir in seg_dirs:
-        seg_out = out if len(seg_dirs) == 1 else out / seg_dir.name
-        every = seg_dir / "segmenter_all.safetensors"
-        runs = {
-            "ProstateX-0000": (seg_dir / "segmenter_fold_ProstateX-0000.safetensors" if args.held_out else every, True),
-            "ProstateX-0001": (seg_dir / "segmenter_fold_ProstateX-0001.safetensors" if args.held_out else every, True),
-            "ProstateX-0218": (every, False),
-        }
-        for case in args.cases:
-            segmenter, labelled = runs[case]
-            entry = {"image": str((shared / "prostatex" / "nifti" / NIFTI[case]).resolve()), "patient": case}
-            if labelled:
-                entry["label"] = str((shared / "picai_zonal_labels" / f"{case}_zonal_{args.labels}.nii.gz").resolve())
-            seg_out.mkdir(parents=True, exist_ok=True)
-            datalist = seg_out / f"{case}.json"
-            datalist.write_text(json.dumps({"validation": [entry]}, indent=1) + "\n")
-            command = [sys.executable, "-m", "mrisr", "evaluate", "segmentation", str(datalist), "--segmenter",
-                       str(segmenter), "--factors", *args.factors, "--methods", *args.methods, "-o",
-                       str(seg_out / case), "--device", args.device, "--quiet"]
-            t0 = time.perf_counter()
-            result = subprocess.run(command, capture_output=True, text=True)
-            seconds = time.perf_counter() - t0
-            if result.returncode != 0:
-                status = result.returncode
-                print(result.stderr, file=sys.stderr)
-                continue
-            results.setdefault(case, {})[str(seg_dir)] = json.loads((seg_out / case / "dice.json").read_text())
-            table = (seg_out / case / "dice.md").read_text()
-            sections.append(f"## {case} ({'PI-CAI label' if labelled else 'segmenter on the original'}; "
-                            f"segmenter {seg_dir.name}/{segmenter.name}; {seconds:.0f} s)\n\n"
-                            f"`mrisr evaluate segmentation {datalist.name} --segmenter {segmenter.name} --factors "
-                            f"{' '.join(args.factors)} --methods {' '.join(args.methods)}`\n\n{table}")
-    if len(seg_dirs) > 1:
-        spread = [f"## {case}: mean over {len(per)} segmenters [lowest, highest]\n\n{spread_table(per)}"
-                  for case, per in results.items()]
-        sections = spread + sections
+    for case in args.cases:
+        labelled = case != "ProstateX-0218"  # 0218 has no label map: the segmenters' answers on the original
+        held_out = args.held_out and labelled
+        segmenters = [d / (f"segmenter_fold_{case}.safetensors" if held_out else "segmenter_all.safetensors")
+                      for d in seg_dirs]
+        entry = {"image": str((shared / "prostatex" / "nifti" / NIFTI[case]).resolve()), "patient": case}
+        if labelled:
+            entry["label"] = str((shared / "picai_zonal_labels" / f"{case}_zonal_{args.labels}.nii.gz").resolve())
+        datalist = out / f"{case}.json"
+        datalist.write_text(json.dumps({"validation": [entry]}, indent=1) + "\n")
+        # one run per case: each output is made once and segmented by every segmenter
+        command = [sys.executable, "-m", "mrisr", "evaluate", "segmentation", str(datalist), "--segmenter",
+                   *map(str, segmenters), "--factors", *args.factors, "--methods", *args.methods, "-o",
+                   str(out / case), "--device", args.device, "--quiet"]
+        t0 = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+        if result.returncode != 0:
+            status = result.returncode
+            print(result.stderr, file=sys.stderr)
+            continue
+        shown = (f"`mrisr evaluate segmentation {datalist.name} --segmenter "
+                 f"{' '.join(f'{s.parent.name}/{s.name}' for s in segmenters)} --factors {' '.join(args.factors)} "
+                 f"--methods {' '.join(args.methods)}` ({seconds:.0f} s)")
+        kind = "PI-CAI label" if labelled else "segmenter on the original"
+        if len(seg_dirs) == 1:
+            results.setdefault(case, {})[str(seg_dirs[0])] = json.loads((out / case / "dice.json").read_text())
+            sections.append(f"## {case} ({kind}; segmenter {seg_dirs[0].name}/{segmenters[0].name})\n\n"
+                            f"{shown}\n\n{(out / case / 'dice.md').read_text()}")
+            continue
+        per = {d.name: json.loads((out / case / d.name / "dice.json").read_text()) for d in seg_dirs}
+        results[case] = per
+        sections.append(f"## {case} ({kind}): mean over {len(per)} segmenters [lowest, highest]\n\n{shown}\n\n"
+                        f"{spread_table(per)}")
+        sections += [f"### {case}, segmenter {d.name}/{s.name}\n\n{(out / case / d.name / 'dice.md').read_text()}"
+                     for d, s in zip(seg_dirs, segmenters)]
     header = (f"# Zonal segmentation vs in-plane factor\n\n`python pipelines/zonal_segmentation_eval.py "
               f"{' '.join(argv or sys.argv[1:])}` on {platform.node() or 'this machine'} "
               f"({platform.processor() or platform.machine()}), {time.strftime('%Y-%m-%d')}.\n\n")
@@ -111,32 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     partial.replace(out / "summary.md")  # atomic: a reader sees the old summary or the new one
     print(f"wrote {out / 'summary.md'}")
     return status
-
-
-def spread_table(per_segmenter: dict[str, dict]) -> str:
-    """Markdown table of the mean Dice over segmenters, with the lowest and highest, from the
-    ``dice.json`` of each segmenter's ``mrisr evaluate segmentation`` run on one case. Rows: the
-    original, then each factor and method in the order of the first run; a method a run skipped
-    (NaN) is left out of that row's statistics."""
-    runs = list(per_segmenter.values())
-    zones = list(runs[0]["original"])
-
-    def cell(values: list[float]) -> str:
-        v = np.array([x for x in values if np.isfinite(x)], dtype=float)
-        return "-" if v.size == 0 else f"{v.mean():.3f} [{v.min():.3f}, {v.max():.3f}]"
-
-    lines = ["| factor | method | " + " | ".join(f"Dice {z}" for z in zones) + " |",
-             "|---|---|" + "---|" * len(zones),
-             "| - | original | " + " | ".join(cell([r["original"][z] for r in runs]) for z in zones) + " |"]
-    methods = runs[0]["mean_dice"][zones[0]]
-    factors = sorted({f for m in methods.values() for f in m}, key=float)
-    for factor in factors:
-        for method in methods:
-            values = {z: [r["mean_dice"][z].get(method, {}).get(factor, float("nan")) for r in runs] for z in zones}
-            if all(cell(v) == "-" for v in values.values()):
-                continue
-            lines.append(f"| x{factor} | {method} | " + " | ".join(cell(values[z]) for z in zones) + " |")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

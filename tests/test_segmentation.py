@@ -152,6 +152,18 @@ def test_evaluation_end_to_end_with_a_file_segmenter_and_its_bundle(tiny_case, t
     # the bundle runs the same network through MONAI's own transforms and SliceInferer
     for a, b in zip(runs["file"], runs["bundle"]):
         assert a["method"] == b["method"] and abs(float(a["dice"]) - float(b["dice"])) < 0.01
+    # both at once: one report each, in folders named after them, as their runs alone wrote them,
+    # and spread.md with the mean and range over the two
+    both = run_mrisr("evaluate", "segmentation", root / "datalist.json", "--segmenter", seg, bundle,
+                     "--factors", "2", "4", "--methods", "bicubic", "bspline", "-o", tmp_path / "both", "--quiet")
+    assert both.returncode == 0, both.stderr
+    assert _rows(tmp_path / "both" / "seg" / "dice.csv") == runs["file"]
+    assert _rows(tmp_path / "both" / "seg_bundle" / "dice.csv") == runs["bundle"]
+    spread = (tmp_path / "both" / "spread.md").read_text()
+    a, b = (json.loads((tmp_path / "both" / n / "dice.json").read_text()) for n in ("seg", "seg_bundle"))
+    x4 = [a["mean_dice"]["gland"]["bicubic"]["4"], b["mean_dice"]["gland"]["bicubic"]["4"]]
+    line = next(r for r in spread.splitlines() if r.startswith("| x4 | bicubic |"))
+    assert f"{np.mean(x4):.3f} [{min(x4):.3f}, {max(x4):.3f}]" in line.split("|")[-2]
 
 
 @needs_prostatex
@@ -238,3 +250,46 @@ def test_evaluate_segmentation_refuses_zero_samples_in_one_line(tmp_path):
                        "--samples", "0", "-o", tmp_path / "out")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "--samples" in result.stderr
     assert not (tmp_path / "out").exists()
+    twice = run_mrisr("evaluate", "segmentation", tmp_path / "d.json", "--segmenter", tmp_path / "s.safetensors",
+                      tmp_path / "s.safetensors", "-o", tmp_path / "out")
+    assert twice.returncode == 2 and len(twice.stderr.strip().splitlines()) == 1 and "twice" in twice.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_several_segmenters_share_each_upsampled_output(tmp_path, monkeypatch):
+    """``evaluate_segmenters``: each method and factor is upsampled once whatever the number of
+    segmenters, and each segmenter's evaluation is the one it gets alone."""
+    import mrisr.inference
+    from mrisr.data import DataEntry
+    from mrisr.downstream import evaluate_segmentation, evaluate_segmenters
+
+    data = np.zeros((16, 16, 3), np.float32)
+    data[4:12, 4:12] = 1.0
+    data[6:10, 6:10] = 0.6
+    save_volume(Volume(data, np.eye(4)), tmp_path / "case.nii.gz")
+    real, calls = mrisr.inference.upsample_volume, []
+
+    def upsample(volume, plane, factor, method, **kw):
+        calls.append((factor, method))
+        return real(volume, plane, factor, method=method, **kw)
+
+    monkeypatch.setattr(mrisr.inference, "upsample_volume", upsample)
+
+    def threshold(level: float):
+        def segmenter(v: Volume) -> np.ndarray:  # bright: PZ in the first rows, TZ in the others
+            rows = np.arange(v.shape[0])[:, None, None] < v.shape[0] // 2
+            return np.where(v.data > level, np.where(rows, 1, 2), 0).astype(np.int64)
+        return segmenter
+
+    entries = [DataEntry(image=str(tmp_path / "case.nii.gz"), patient="p")]
+    segmenters = {"low": threshold(0.3), "high": threshold(0.8)}
+    results = evaluate_segmenters(entries, segmenters, "in", [2, 4], ["bicubic", "bspline"])
+    assert sorted(calls) == [(2, "bicubic"), (2, "bspline"), (4, "bicubic"), (4, "bspline")]
+    alone = {name: evaluate_segmentation(entries, seg, "in", [2, 4], ["bicubic", "bspline"])
+             for name, seg in segmenters.items()}
+    for name in segmenters:
+        assert [(r.factor, r.method, r.zone) for r in results[name].rows] == \
+            [(r.factor, r.method, r.zone) for r in alone[name].rows]
+        np.testing.assert_array_equal([r.dice for r in results[name].rows], [r.dice for r in alone[name].rows])
+    # the two thresholds disagree somewhere, so the rows are each segmenter's own
+    assert [r.dice for r in results["low"].rows] != [r.dice for r in results["high"].rows]
