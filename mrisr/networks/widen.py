@@ -104,12 +104,9 @@ class _Widener:
             raise ValueError("the wide network's GroupNorm must keep the channels per group")
         # every wide group must copy one whole narrow group, so that its statistics are the same
         for g in range(wide.num_groups):
-            members = space.index[g * per_group:(g + 1) * per_group]
-            if (members < 0).any() or not torch.equal(members.sort().values,
-                                                      torch.arange(per_group) + int(members.min())):
-                raise ValueError("cannot widen this network exactly: a GroupNorm group would mix "
-                                 "channels of different narrow groups")
-            if int(members.min()) % per_group:
+            members = space.index[g * per_group:(g + 1) * per_group].sort().values
+            first = int(members[0])
+            if first < 0 or first % per_group or not torch.equal(members, torch.arange(first, first + per_group)):
                 raise ValueError("cannot widen this network exactly: a GroupNorm group would mix "
                                  "channels of different narrow groups")
         wide.weight.copy_(narrow.weight.detach()[space.index])
@@ -166,7 +163,8 @@ def widen_network(narrow: SR3UNet, config: dict, factor: int = 2, jitter: float 
     Args:
         narrow: a trained network (left unchanged).
         config: its keyword arguments (the ``network`` section of a model file).
-        factor: channel multiplier (2: the `narrow` preset's 16-32-64-64 becomes 32-64-128-128).
+        factor: channel multiplier (2: the shipped models' 16-32-64-64 becomes the `small` preset's
+            32-64-128-128).
         jitter: how unequally a copied channel's weight is split among its copies, in ``[0, 1)``
             (0: equal halves, and the copies would stay copies under training).
         seed: of the random splits.
