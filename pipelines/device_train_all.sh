@@ -20,7 +20,7 @@ export PYTHONPATH=/tmp/site:$PWD
 } > "$OUT/train_all.txt" 2>&1
 python3 pipelines/train_default_models.py --out /tmp/gpu --minutes "$MINUTES" --device cuda \
   --datalist .devdata/prostatex.json --batch-size 32 --crop 128 --workers 2 \
-  --export-dir "$OUT" --archive "$OUT/logs.tar.gz" >> "$OUT/train_all.txt" 2>&1
+  --export-dir "$OUT" --archive "$OUT/logs.tar.gz" ${WIDEN:+--widen "$WIDEN"} >> "$OUT/train_all.txt" 2>&1
 # the headline command on the 320 x 320 x 20 axial volume, default settings, shipped model
 # (a second run, so the first's CUDA start-up is not counted)
 for i in 1 2; do

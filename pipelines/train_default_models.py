@@ -13,7 +13,9 @@ Usage:
 
 On the CPU, ``--minutes 0.3 --batch-size 2 --crop 48 --models ...`` checks the whole script in a
 minute or two. Runs start from the shipped models where the table below says so (fine-tuning
-on the current recipe); the others start from scratch.
+on the current recipe); the others start from scratch. ``--widen N``: every run starts from its
+shipped model widened N times (``pipelines/widen_model.py``: the same outputs, N times the
+channels), so a lent GPU trains wider networks from where the CPU chains left the narrow ones.
 """
 
 from __future__ import annotations
@@ -78,6 +80,13 @@ def datalist_for(run: Run, datalist: Path, out: Path) -> Path:
     return target
 
 
+def _model_metadata(path: Path) -> str:
+    """The mrisr config stored in a model file's safetensors header (read without torch)."""
+    with open(path, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        return json.loads(fh.read(size))["__metadata__"]["mrisr_config"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -90,6 +99,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--models", nargs="*", help=f"runs to do (default all: {', '.join(r.name for r in RUNS)})")
     parser.add_argument("--set", action="append", default=[], help="extra mrisr train --set for every run")
+    parser.add_argument("--widen", type=int, default=1, help="start every run from its shipped model with "
+                        "N times the channels (default 1: as the table says)")
     parser.add_argument("--no-benchmark", action="store_true")
     parser.add_argument("--benchmark-slices", type=int, default=0, help="planes per series (0: all)")
     parser.add_argument("--benchmark-methods", nargs="*", help="benchmark_mri.py --methods (default all)")
@@ -105,6 +116,17 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    wide: dict[str, Path] = {}  # --widen: each run's shipped model widened, made before any run starts
+    for run in runs if args.widen > 1 else []:
+        wide[run.name] = args.out / f"wide_{run.name}.safetensors"
+        if (args.out / run.name / "checkpoints").exists():
+            continue  # resumed: the run's checkpoints hold its weights
+        res = subprocess.run([sys.executable, str(REPO / "pipelines" / "widen_model.py"),
+                              str(WEIGHTS / f"prostatex_{run.name}.safetensors"), str(wide[run.name]),
+                              "--factor", str(args.widen)], env=env, capture_output=True, text=True)
+        print(res.stdout.strip() or res.stderr.strip(), flush=True)
+        if res.returncode != 0:
+            return 2
     procs = {}
     t0 = time.time()
     for run in runs:
@@ -118,7 +140,13 @@ def main() -> int:
                "--set", "optim.max_steps=60000"]  # the clock ends every run (some configs stop at 400 CPU steps)
         for extra in args.set:
             cmd += ["--set", extra]
-        if run.init_from and not (args.out / run.name / "checkpoints").exists():
+        resumed = (args.out / run.name / "checkpoints").exists()
+        if run.name in wide:
+            if not resumed:
+                cmd += ["--init-from", str(wide[run.name])]
+            channels = json.loads(_model_metadata(wide[run.name]))["network"]["channels"]
+            cmd += ["--set", f"network.channels={channels}"]
+        elif run.init_from and not resumed:
             cmd += ["--init-from", str(WEIGHTS / run.init_from)]
         log = open(args.out / f"{run.name}.log", "w")
         procs[run.name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
