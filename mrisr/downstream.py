@@ -63,16 +63,18 @@ class SegmentationEvaluation:
         return (float(np.mean(values)) if values else float("nan")), len(values)
 
 
-def _reference(entry: DataEntry, hr: Volume, hr_labels: np.ndarray) -> tuple[np.ndarray, str]:
+def _label(entry: DataEntry, hr: Volume) -> np.ndarray | None:
+    """The datalist's label map on the image's grid, or None where the entry has none (the
+    reference is then each segmenter's result on the original)."""
     if entry.label is None:
-        return hr_labels, "segmenter on the original"
+        return None
     from mrisr.segmentation import apply_label_map
 
     label = load_volume(entry.label, nonfinite="zero")
     labels = apply_label_map(np.rint(label.data), {})
     if labels.shape != hr.shape or not np.allclose(label.affine, hr.affine, atol=1e-4):
         labels = resample_labels(labels, label.affine, hr.shape, hr.affine)
-    return labels, "label"
+    return labels
 
 
 def _on_grid(reference: np.ndarray, hr: Volume, out: Volume) -> np.ndarray:
@@ -137,11 +139,13 @@ def evaluate_segmenters(entries: Sequence[DataEntry], segmenters: Mapping[str, S
         name = Path(entry.image).name
         try:
             hr = load_volume(entry.image, series=entry.series)
+            label_map = _label(entry, hr)  # read once, whatever the number of segmenters
+            ref_name = "segmenter on the original" if label_map is None else "label"
             per: dict[str, dict[str, Any]] = {}
             for label, segmenter in segmenters.items():
                 hr_labels = segmenter(hr)
-                reference, ref_name = _reference(entry, hr, hr_labels)
-                per[label] = {"reference": reference, "ref_name": ref_name,
+                reference = hr_labels if label_map is None else label_map
+                per[label] = {"reference": reference,
                               "rows": [SegmentationRow(name, 1, ORIGINAL, z, d, ref_name)
                                        for z, d in zone_dice(hr_labels, reference).items()],
                               "examples": {ORIGINAL: (hr, hr_labels)}}
@@ -161,10 +165,11 @@ def evaluate_segmenters(entries: Sequence[DataEntry], segmenters: Mapping[str, S
                                            f"--factor {factor})")
                             continue
                         raise
+                    shared_ref = None if label_map is None else _on_grid(label_map, hr, out)
                     for label, segmenter in segmenters.items():
                         labels = segmenter(out)
-                        ref = _on_grid(per[label]["reference"], hr, out)
-                        per[label]["rows"] += [SegmentationRow(name, factor, method, z, d, per[label]["ref_name"])
+                        ref = _on_grid(per[label]["reference"], hr, out) if shared_ref is None else shared_ref
+                        per[label]["rows"] += [SegmentationRow(name, factor, method, z, d, ref_name)
                                                for z, d in zone_dice(labels, ref).items()]
                         if n == 0:
                             per[label]["examples"][f"{method} x{factor}"] = (out, labels)
@@ -172,7 +177,7 @@ def evaluate_segmenters(entries: Sequence[DataEntry], segmenters: Mapping[str, S
                 result.rows += per[label]["rows"]
                 result.skipped += [note for note in skipped if note not in result.skipped]
                 if n == 0:
-                    result.examples.append(_first_example(name, hr, factors, per[label]))
+                    result.examples.append(_first_example(name, ref_name, hr, factors, per[label]))
         except (MrisrError, OSError, ValueError, RuntimeError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             for result in results.values():
@@ -183,14 +188,15 @@ def evaluate_segmenters(entries: Sequence[DataEntry], segmenters: Mapping[str, S
     return results
 
 
-def _first_example(name: str, hr: Volume, factors: Sequence[int], per: dict[str, Any]) -> dict[str, Any]:
+def _first_example(name: str, ref_name: str, hr: Volume, factors: Sequence[int],
+                   per: dict[str, Any]) -> dict[str, Any]:
     """The figure of the first volume: the factor at which the most methods ran (the largest of ties)."""
     example_outputs = per["examples"]
     counts = {f: sum(key.endswith(f" x{f}") for key in example_outputs) for f in factors}
     shown = max(factors, key=lambda f: (counts[f], f)) if factors else None
     chosen = {key: value for key, value in example_outputs.items()
               if key == ORIGINAL or key.endswith(f" x{shown}")}
-    return {"volume": name, "reference_name": per["ref_name"],
+    return {"volume": name, "reference_name": ref_name,
             "codes": hr.orientation, **_example(hr, per["reference"], chosen)}
 
 
