@@ -80,13 +80,6 @@ def datalist_for(run: Run, datalist: Path, out: Path) -> Path:
     return target
 
 
-def _model_metadata(path: Path) -> str:
-    """The mrisr config stored in a model file's safetensors header (read without torch)."""
-    with open(path, "rb") as fh:
-        size = int.from_bytes(fh.read(8), "little")
-        return json.loads(fh.read(size))["__metadata__"]["mrisr_config"]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -116,6 +109,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    from mrisr.models import read_model_config
+
     wide: dict[str, Path] = {}  # --widen: each run's shipped model widened, made before any run starts
     for run in runs if args.widen > 1 else []:
         wide[run.name] = args.out / f"wide_{run.name}.safetensors"
@@ -144,7 +139,7 @@ def main() -> int:
         if run.name in wide:
             if not resumed:
                 cmd += ["--init-from", str(wide[run.name])]
-            channels = json.loads(_model_metadata(wide[run.name]))["network"]["channels"]
+            channels = read_model_config(wide[run.name])["network"]["channels"]
             cmd += ["--set", f"network.channels={channels}"]
         elif run.init_from and not resumed:
             cmd += ["--init-from", str(WEIGHTS / run.init_from)]

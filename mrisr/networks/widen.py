@@ -80,13 +80,14 @@ class _Widener:
         noise = torch.rand(shape, generator=self.generator) * 2 - 1
         valid = space.index >= 0
         idx = space.index.clamp(min=0)
+        along_inputs = (1, -1, *([1] * (len(shape) - 2)))  # a per-input vector broadcast over the rest
         counts = space.counts().clamp(min=1).to(noise.dtype)
         # the mean of the noise over the copies of each narrow channel, subtracted: sums stay exact
         sums = torch.zeros((shape[0], space.size, *shape[2:]), dtype=noise.dtype)
         sums.index_add_(1, idx[valid], noise[:, valid])
-        noise = noise - (sums / counts.view(1, -1, *([1] * (len(shape) - 2))))[:, idx]
-        factors = (1 + self.jitter * noise) / counts[idx].view(1, -1, *([1] * (len(shape) - 2)))
-        return factors * valid.view(1, -1, *([1] * (len(shape) - 2))).to(noise.dtype)
+        noise = noise - (sums / counts.view(along_inputs))[:, idx]
+        factors = (1 + self.jitter * noise) / counts[idx].view(along_inputs)
+        return factors * valid.view(along_inputs).to(noise.dtype)
 
     def layer(self, narrow: nn.Module, wide: nn.Module, space_in: _Space, space_out: _Space) -> None:
         """A convolution or linear layer from ``space_in`` to ``space_out``."""
