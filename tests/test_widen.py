@@ -144,4 +144,10 @@ def test_training_continues_from_a_widened_model(tmp_path):
     wide_trainer.init_from(str(out))
     torch.testing.assert_close(wide_trainer.network.state_dict(), load_model(out).network.state_dict())
     summary = wide_trainer.run()
-    assert trained_steps(load_model(summary["model"]).config) == 31
+    trained = load_model(summary["model"]).config
+    assert trained_steps(trained) == 31
+    # the model trained from the widened file still names the narrow model it was widened from,
+    # and so does a run resumed from its checkpoint (whose init_from is not read again)
+    assert trained["widened_from"] == {"file": "narrow.safetensors", "sha256": sha256(start), "factor": 2}
+    resumed = Trainer(wide_config, tmp_path / "wide_run", device="cpu", max_steps=2, resume=True, progress=False)
+    assert load_model(resumed.run()["model"]).config["widened_from"] == trained["widened_from"]

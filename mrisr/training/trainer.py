@@ -33,6 +33,10 @@ __all__ = ["Trainer", "train"]
 
 logger = logging.getLogger(__name__)
 
+#: keys of a model file's config that describe where its weights came from and stay true of every
+#: model continued from them (``pipelines/widen_model.py`` writes ``widened_from``)
+INHERITED_KEYS = ("widened_from",)
+
 
 def _state_digest(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
@@ -204,6 +208,7 @@ class Trainer:
         self.optimizer.load_state_dict(blob["optimizer"])
         self.step = int(blob["step"])
         self.steps_before = int(blob.get("steps_before", 0))
+        self._inherit(blob["config"])
         torch.set_rng_state(blob["rng"]["torch"].cpu())
         return True
 
@@ -229,7 +234,15 @@ class Trainer:
         self.network.load_state_dict(state)
         self.ema.load_state_dict(state)
         self.steps_before = trained_steps(loaded.config)
+        self._inherit(loaded.config)
         logger.info("initialised from %s", p)
+
+    def _inherit(self, config: dict[str, Any]) -> None:
+        """Carry the provenance of the weights this run started from (``INHERITED_KEYS``: e.g. the
+        narrow model a widened file was made from) into this run's model file."""
+        for key in INHERITED_KEYS:
+            if config.get(key) is not None:
+                self.model_config[key] = config[key]
 
     # ---------------------------------------------------------------------------- loop
 
