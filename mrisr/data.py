@@ -413,15 +413,22 @@ class PairCropper:
         gamma_max: above 1, the window's intensities pass through a gamma curve with
             ``log(gamma) ~ U(-log(gamma_max), log(gamma_max))`` (:func:`gamma_curve`) before the
             degradation, so the condition is the degraded curved image. 1: off.
+        cutblur: above 0, the probability that a pair's condition gets a box of the
+            high-resolution crop pasted in, or (as often) becomes the high-resolution crop with a
+            box of the condition pasted in (CutBlur, Yoo et al., CVPR 2020): the target stays the
+            high-resolution crop, so the model learns to leave sharp regions as they are and to
+            restore only where the input is degraded. The box's side is a fraction
+            ``N(0.7, 0.01)`` of the crop's (the paper's), placed at random. 0: off.
 
-    Random draws come in a fixed order (zoom, rotation, gamma, window, flips, turns), and zoom,
-    rotation and gamma draw nothing when off (a rotation's centre takes the window's place), so a
-    run without them draws exactly what it drew before they existed.
+    Random draws come in a fixed order (zoom, rotation, gamma, window, flips, turns, CutBlur),
+    and zoom, rotation, gamma and CutBlur draw nothing when off (a rotation's centre takes the
+    window's place), so a run without them draws exactly what it drew before they existed.
     """
 
     def __init__(self, kind: str, factor: int, crop: int, blur_sigma_max: float = 0.0,
                  augment: str = "flips", zoom_min: float = 1.0, gamma_max: float = 1.0,
-                 zoom_axes: str = "both", rotate_max: float = 0.0, zoom_kind: str = "bicubic") -> None:
+                 zoom_axes: str = "both", rotate_max: float = 0.0, zoom_kind: str = "bicubic",
+                 cutblur: float = 0.0) -> None:
         if kind not in PAIR_KINDS:
             raise ConfigError(f"pair kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
         if augment not in AUGMENTATIONS:
@@ -437,6 +444,9 @@ class PairCropper:
         self.rotate_max = float(rotate_max)
         if not 1.0 <= gamma_max <= 10.0:
             raise ConfigError(f"data.gamma_max must be in [1, 10] (1: no gamma), got {gamma_max!r}")
+        if not 0.0 <= cutblur <= 1.0:
+            raise ConfigError(f"data.cutblur must be a probability in [0, 1] (0: off), got {cutblur!r}")
+        self.cutblur = float(cutblur)
         self.zoom_min, self.gamma_max, self.zoom_axes = float(zoom_min), float(gamma_max), zoom_axes
         self.zoom_kind = zoom_kind
         self.augment = augment
@@ -528,7 +538,23 @@ class PairCropper:
             if flip_rows:
                 pair = pair.flip(-2)
             pair = torch.rot90(pair, turns, dims=(-2, -1))
+        if self.cutblur > 0.0 and rng.random() < self.cutblur:
+            pair = self._cutblur(pair, rng)
         return pair[0].contiguous(), pair[1].contiguous()
+
+    def _cutblur(self, pair: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """``pair`` (high-resolution, condition) with the condition replaced by a CutBlur mix:
+        a box of the high-resolution crop pasted into the condition, or the high-resolution crop
+        with a box of the condition pasted in (one or the other with even odds)."""
+        hr, cond = pair[0], pair[1]
+        h, w = hr.shape[-2:]
+        ratio = min(max(float(rng.normal(0.7, 0.01)), 0.0), 1.0)
+        bh, bw = max(1, int(h * ratio)), max(1, int(w * ratio))
+        r0, c0 = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+        inside_hr = bool(rng.random() < 0.5)
+        mixed = (cond if inside_hr else hr).clone()
+        mixed[..., r0:r0 + bh, c0:c0 + bw] = (hr if inside_hr else cond)[..., r0:r0 + bh, c0:c0 + bw]
+        return torch.stack([hr, mixed])
 
 
 class PairBatches(torch.utils.data.Dataset):

@@ -272,3 +272,46 @@ def test_gamma_curve_closed_form_and_the_condition_is_the_degraded_curved_plane(
     ref_hr, ref_cond = PairCropper("in", 4, 48)(curved, _FixedRng([3, 5]))
     np.testing.assert_allclose(hr.numpy(), ref_hr.numpy(), rtol=0, atol=1e-6)
     np.testing.assert_allclose(cond.numpy(), ref_cond.numpy(), rtol=0, atol=1e-6)
+
+
+
+class _CutBlurRng:
+    """An rng for PairCropper._cutblur: box side 0.7, the given corner, HR inside or outside."""
+
+    def __init__(self, corner: tuple[int, int], hr_inside: bool):
+        self.corner, self.hr_inside = list(corner), hr_inside
+
+    def normal(self, mean, sd):
+        return 0.7
+
+    def integers(self, low, high):
+        return self.corner.pop(0)
+
+    def random(self):
+        return 0.2 if self.hr_inside else 0.8
+
+
+@pytest.mark.parametrize("kind,factor", [("in", 4), ("through", 6)])
+def test_cutblur_pastes_one_box_and_keeps_the_target(kind, factor):
+    plane = _smooth_plane(150, 132, seed=9)
+    cropper = PairCropper(kind, factor, 48, cutblur=1.0)
+    hr, cond = PairCropper(kind, factor, 48)(plane, np.random.default_rng(0))
+    box = np.zeros((48, 48), bool)
+    box[5:38, 9:42] = True  # side int(48 * 0.7) = 33 from corner (5, 9)
+    for hr_inside in (True, False):
+        out_hr, mixed = cropper._cutblur(torch.stack([hr, cond]), _CutBlurRng((5, 9), hr_inside))
+        np.testing.assert_array_equal(out_hr.numpy(), hr.numpy())
+        inside, outside = (hr, cond) if hr_inside else (cond, hr)
+        np.testing.assert_array_equal(mixed[0].numpy(), np.where(box, inside[0].numpy(), outside[0].numpy()))
+    # in a whole pair, CutBlur draws last: the target is the one without it, the condition a mix
+    for seed in range(4):
+        ref_hr, ref_cond = PairCropper(kind, factor, 48)(plane, np.random.default_rng(seed))
+        out_hr, mixed = cropper(plane, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out_hr.numpy(), ref_hr.numpy())
+        assert bool(((mixed == ref_hr) | (mixed == ref_cond)).all())
+        assert 0.3 < float((mixed == ref_hr).float().mean()) < 0.7  # a box of ~49 % or its complement
+    off = PairCropper(kind, factor, 48, cutblur=0.0)(plane, np.random.default_rng(3))
+    ref = PairCropper(kind, factor, 48)(plane, np.random.default_rng(3))
+    np.testing.assert_array_equal(off[1].numpy(), ref[1].numpy())
+    with pytest.raises(ConfigError, match="cutblur"):
+        PairCropper(kind, factor, 48, cutblur=1.5)

@@ -41,7 +41,10 @@ DEFAULTS: dict[str, Any] = {
              # zoom_kind: bicubic (anti-aliased) or fourier (the spectrum's centre: a coarser acquisition)
              "zoom_min": 1.0, "zoom_axes": "both", "zoom_kind": "bicubic", "gamma_max": 1.0,
              # above 0: planes turned by a random angle in [-rotate_max, rotate_max] degrees
-             "rotate_max": 0.0},
+             "rotate_max": 0.0,
+             # above 0: the probability of a CutBlur pair (a box of the high-resolution crop in the
+             # condition, or the reverse; mrisr.data.PairCropper); 0: off
+             "cutblur": 0.0},
     "network": {"preset": "small"},
     "schedules": {"train": dict(TRAINING_SCHEDULE), "inference": dict(INFERENCE_SCHEDULE)},
     "optim": {"lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "grad_accum": 1, "ema_decay": 0.999,
@@ -205,6 +208,7 @@ SCHEMA: dict[str, Field] = {
     "data.zoom_kind": Field("choice", choices=ZOOM_KINDS),
     "data.rotate_max": Field("number", minimum=0.0, maximum=45.0),
     "data.gamma_max": Field("number", minimum=1.0, maximum=10.0),
+    "data.cutblur": Field("number", minimum=0.0, maximum=1.0),
     "optim.lr": Field("number", minimum=0.0),
     "optim.weight_decay": Field("number", minimum=0.0),
     "optim.batch_size": Field("int", minimum=1),

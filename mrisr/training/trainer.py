@@ -143,7 +143,8 @@ class Trainer:
         self._stream: Any = None
         cropper = PairCropper(task["pairs"], task["factor"], int(config["data"]["crop"]), task["blur_sigma_max"],
                               config["data"]["augment"], config["data"]["zoom_min"], config["data"]["gamma_max"],
-                              config["data"]["zoom_axes"], config["data"]["rotate_max"], config["data"]["zoom_kind"])
+                              config["data"]["zoom_axes"], config["data"]["rotate_max"], config["data"]["zoom_kind"],
+                              config["data"]["cutblur"])
         self.batches = PairBatches(self.train_bank.planes, cropper, int(optim["batch_size"]), self.seed,
                                    self.rank, self.world)
         self.model = self.network
