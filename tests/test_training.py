@@ -405,6 +405,31 @@ def test_a_continued_model_counts_the_steps_of_its_start(tmp_path):
     assert trained_steps({"exported_from_step": 7}) == 7 and trained_steps({}) == 0
 
 
+@needs_prostatex
+def test_init_from_may_change_the_dropout_but_not_the_weights_shapes(tmp_path):
+    """Dropout has no weights, so a run may continue a model with another dropout rate; a network
+    of other shapes is refused with the file's name."""
+    from mrisr.diffusion import PartialDiffusionInferer
+    from mrisr.models import model_config, save_model
+    from mrisr.networks import SR3UNet
+
+    trainer = Trainer(load_config(TINY), tmp_path / "a", device="cpu", max_steps=1, progress=False)
+    start = SR3UNet(**trainer.net_kwargs)
+    save_model(tmp_path / "start.safetensors", start,
+               model_config(trainer.net_kwargs, PartialDiffusionInferer(objective="partdiff"), "in", 4))
+    dropped = Trainer(load_config(TINY, {"network": {"dropout": 0.1}}), tmp_path / "b", device="cpu", max_steps=1,
+                      progress=False)
+    assert dropped.net_kwargs["dropout"] == 0.1
+    dropped.init_from(str(tmp_path / "start.safetensors"))
+    reference = load_model(tmp_path / "start.safetensors").network.state_dict()
+    for name, value in dropped.network.state_dict().items():
+        assert torch.equal(value, reference[name]), name
+    other = Trainer(load_config(TINY, {"network": {"channels": [32, 32, 32]}}), tmp_path / "c", device="cpu",
+                    max_steps=1, progress=False)
+    with pytest.raises(ConfigError, match="start.safetensors: its network config differs"):
+        other.init_from(str(tmp_path / "start.safetensors"))
+
+
 def test_set_replaces_one_network_value_and_keeps_the_rest(tmp_path):
     # a file's network section replaces the default one as a whole, but --set names one value: the
     # file's preset (and with it the attention levels) must survive --set network.channels

@@ -220,7 +220,10 @@ class Trainer:
         p = Path(path)
         p = p if p.is_absolute() else Path(self.config["config_dir"]) / p
         loaded = load_model(p)
-        if loaded.config["network"] != self.net_kwargs:
+        def weights_of(kwargs: dict[str, Any]) -> dict[str, Any]:  # dropout has no weights: it may change
+            return {k: v for k, v in kwargs.items() if k != "dropout"}
+
+        if weights_of(loaded.config["network"]) != weights_of(self.net_kwargs):
             raise ConfigError(f"init_from {p}: its network config differs from this one")
         state = loaded.network.state_dict()
         if loaded.objective == "regression" and self.inferer.objective != "regression":
