@@ -274,7 +274,6 @@ def test_gamma_curve_closed_form_and_the_condition_is_the_degraded_curved_plane(
     np.testing.assert_allclose(cond.numpy(), ref_cond.numpy(), rtol=0, atol=1e-6)
 
 
-
 class _CutBlurRng:
     """An rng for PairCropper._cutblur: box side 0.7, the given corner, HR inside or outside."""
 
