@@ -35,7 +35,7 @@ from mrisr.transforms import PAIR_KINDS, InPlaneDegrade, MrisrReader, RobustNorm
 
 __all__ = ["DataEntry", "load_datalist", "read_datalist", "PlaneBank", "ImageBank", "DATA_KINDS", "batch_indices",
            "shard", "step_seed",
-           "PairCropper", "PairBatches", "AUGMENTATIONS"]
+           "PairCropper", "PairBatches", "AUGMENTATIONS", "SKIMAGE_PHOTOS", "mix_image_files", "mix_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +245,56 @@ class ImageBank(_Bank):
             self.planes.append(np.ascontiguousarray(normalise_image(image), dtype=np.float32))
             self.sources.append(entry.image)
         self._settle(problems, skip_bad, bool(entries), "images", "images in the data")
+
+
+#: the photographs bundled inside scikit-image (files of the installed package, nothing downloaded)
+#: that ``data.mix_images: skimage`` mixes into training: every natural photograph or micrograph at
+#: least 300 pixels on its shorter edge; drawings, synthetic patterns, the motion-blurred clock and
+#: the second view of the stereo pair are left out
+SKIMAGE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "coffee.png", "coins.png",
+                  "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png",
+                  "phantom.png", "retina.jpg", "rocket.jpg")
+
+
+def mix_image_files(source: str, base: str | os.PathLike = ".") -> list[Path]:
+    """The image files that ``data.mix_images`` names: ``skimage`` (:data:`SKIMAGE_PHOTOS`) or a
+    PNG / JPEG file, folder or glob, relative to ``base`` (the config's folder).
+
+    Raises:
+        InputError: nothing there, or no PNG / JPEG file in it.
+    """
+    from mrisr.images import list_images
+
+    if source == "skimage":
+        import skimage
+
+        folder = Path(skimage.__file__).parent / "data"
+        missing = [n for n in SKIMAGE_PHOTOS if not (folder / n).is_file()]
+        if missing:
+            raise InputError(f"data.mix_images: skimage: {folder} lacks {', '.join(missing)} "
+                             "(scikit-image installed without its bundled images?)")
+        return [folder / n for n in SKIMAGE_PHOTOS]
+    path = Path(source)
+    return list_images(path if path.is_absolute() else Path(base) / path)
+
+
+def mix_images(files: list[Path], n_planes: int, fraction: float) -> tuple[list[np.ndarray], list[str]]:
+    """Grey images to append to ``n_planes`` training planes so that they make about ``fraction``
+    of the draws: each image (ITU-R 601 luma, 0..255 mapped to [-1, 1], the range that the robust
+    normalisation gives a volume) repeated ``max(1, round(fraction / (1 - fraction) * n_planes /
+    len(files)))`` times, in the order of ``files``.
+
+    Returns:
+        The planes, ``(H, W)`` float32, and the file of each.
+    """
+    from mrisr.images import normalise_image, read_image
+
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"data.mix_fraction must be in (0, 1), got {fraction!r}")
+    images = [np.ascontiguousarray(normalise_image(read_image(f, 1))[0], dtype=np.float32) for f in files]
+    reps = max(1, round(fraction / (1.0 - fraction) * n_planes / len(images)))
+    planes = [img for _ in range(reps) for img in images]
+    return planes, [str(f) for _ in range(reps) for f in files]
 
 
 def _degraded_spacings(affine: np.ndarray, kind: str) -> list[float]:

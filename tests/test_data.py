@@ -314,3 +314,38 @@ def test_cutblur_pastes_one_box_and_keeps_the_target(kind, factor):
     np.testing.assert_array_equal(off[1].numpy(), ref[1].numpy())
     with pytest.raises(ConfigError, match="cutblur"):
         PairCropper(kind, factor, 48, cutblur=1.5)
+
+
+def test_mixed_images_make_the_asked_share_of_draws(tmp_path):
+    from mrisr.data import mix_image_files, mix_images
+    from mrisr.images import write_image
+
+    ramp = np.tile(np.linspace(0, 255, 40, dtype=np.float32), (30, 1))[None]
+    colour = np.stack([np.full((30, 40), 255.0), np.zeros((30, 40)), np.zeros((30, 40))]).astype(np.float32)
+    (tmp_path / "pics").mkdir()
+    for name, img in (("a_black", np.zeros((1, 30, 40), np.float32)), ("b_ramp", ramp), ("c_red", colour)):
+        write_image(tmp_path / "pics" / f"{name}.png", img)
+    files = mix_image_files("pics", base=tmp_path)  # relative to the config's folder, sorted
+    assert [f.name for f in files] == ["a_black.png", "b_ramp.png", "c_red.png"]
+    planes, sources = mix_images(files, n_planes=90, fraction=0.25)
+    # 0.25 / 0.75 * 90 / 3 = 10 copies of each: 30 of 120 draws
+    assert len(planes) == 30 and sources[:3] == [str(f) for f in files] and sources[3] == str(files[0])
+    assert all(p.shape == (30, 40) and p.dtype == np.float32 for p in planes)
+    np.testing.assert_array_equal(planes[0], -1.0)  # 0 -> -1
+    assert planes[1][0, 0] == -1.0 and planes[1][0, -1] == 1.0  # 255 -> 1
+    np.testing.assert_allclose(planes[2], 2 * round(0.299 * 255) / 255 - 1, atol=1e-6)  # red: its luma
+    assert len(mix_images(files, n_planes=2, fraction=0.01)[0]) == 3  # at least one copy of each
+    with pytest.raises(ConfigError, match="mix_fraction"):
+        mix_images(files, 10, 1.0)
+
+
+def test_the_bundled_photographs_are_there_and_large_enough():
+    from PIL import Image
+
+    from mrisr.data import SKIMAGE_PHOTOS, mix_image_files
+
+    files = mix_image_files("skimage")
+    assert [f.name for f in files] == list(SKIMAGE_PHOTOS) and len(files) == 16
+    for f in files:
+        with Image.open(f) as img:
+            assert min(img.size) >= 300, f

@@ -193,6 +193,39 @@ def test_skip_bad_keeps_the_good_entries(tmp_path):
     assert np.isfinite(hr.numpy()).all()
 
 
+@needs_prostatex
+def test_mixed_images_join_the_training_planes_only(tmp_path):
+    from mrisr.images import write_image
+
+    good = REPO.parent / "shared" / "data" / "prostatex" / "nifti" / "ProstateX-0000_t2_cor_s5.nii.gz"
+    val = REPO.parent / "shared" / "data" / "prostatex" / "nifti" / "ProstateX-0218_t2_cor_s6.nii.gz"
+    (tmp_path / "list.json").write_text(json.dumps({"training": [{"image": str(good), "patient": "a"}],
+                                                    "validation": [{"image": str(val), "patient": "v"}]}))
+    (tmp_path / "pics").mkdir()
+    for i in range(3):
+        write_image(tmp_path / "pics" / f"{i}.png", np.full((1, 64, 80), 60.0 * i, np.float32))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {datalist: list.json, crop: 48, mix_images: pics, mix_fraction: 0.5}\n"
+                   "network: {preset: tiny}\n")
+    trainer = Trainer(load_config(cfg), tmp_path / "run", device="cpu", progress=False)
+    # 15 coronal planes; 0.5 / 0.5 * 15 / 3 = 5 copies of each image: half the draws
+    assert len(trainer.train_bank) == 30 and trainer.batches.planes is trainer.train_bank.planes
+    assert trainer.train_bank.sources.count(str(tmp_path / "pics" / "2.png")) == 5
+    assert set(trainer.val_bank.sources) == {str(val)}
+    drawn = {i for step in range(4) for i in batch_indices(step, 0, 1, 8, 30, trainer.seed)}
+    assert drawn == set(range(30))  # an epoch of 30 draws visits every plane, the images too
+    assert trainer.model_config["training"]["data"]["mix_images"] == "pics"  # recorded in the model file
+    for data, phrase in (("mix_images: pics", "go together"), ("mix_fraction: 0.2", "go together"),
+                         ("mix_images: [a], mix_fraction: 0.2", "must be 'skimage' or a path")):
+        cfg.write_text(f"data: {{datalist: list.json, crop: 48, {data}}}\n")
+        with pytest.raises(ConfigError, match=phrase):
+            load_config(cfg)
+    cfg.write_text("data: {datalist: list.json, crop: 48, mix_images: nowhere, mix_fraction: 0.2}\n")
+    result = run_mrisr("train", cfg, "-o", tmp_path / "run2")
+    assert result.returncode == 2 and "nowhere: no such file or folder" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_learning_rate_schedules(tmp_path):
     from mrisr.training import learning_rate
 
@@ -293,7 +326,8 @@ def test_the_config_schema_names_the_bad_value(key, value, phrase):
 def test_every_single_valued_default_is_in_the_schema():
     from mrisr.training.config import DEFAULTS, SCHEMA
 
-    free = {"name", "init_from", "data.datalist", "data.glob", "data.validation_glob", "data.planes", "validation.crop"}
+    free = {"name", "init_from", "data.datalist", "data.glob", "data.validation_glob", "data.planes", "data.mix_images",
+            "validation.crop"}
     whole = {"network", "schedules", "data.normalisation"}  # checked by what builds them
     leaves = set()
     for key, value in DEFAULTS.items():

@@ -44,7 +44,11 @@ DEFAULTS: dict[str, Any] = {
              "rotate_max": 0.0,
              # above 0: the probability of a CutBlur pair (a box of the high-resolution crop in the
              # condition, or the reverse; mrisr.data.PairCropper); 0: off
-             "cutblur": 0.0},
+             "cutblur": 0.0,
+             # grey natural images mixed into the training planes (volumes only): "skimage" (the
+             # photographs bundled with scikit-image, mrisr.data.SKIMAGE_PHOTOS) or a PNG / JPEG file,
+             # folder or glob relative to this file; mix_fraction the share of draws they make
+             "mix_images": None, "mix_fraction": 0.0},
     "network": {"preset": "small"},
     "schedules": {"train": dict(TRAINING_SCHEDULE), "inference": dict(INFERENCE_SCHEDULE)},
     "optim": {"lr": 1e-4, "weight_decay": 0.0, "batch_size": 8, "grad_accum": 1, "ema_decay": 0.999,
@@ -209,6 +213,7 @@ SCHEMA: dict[str, Field] = {
     "data.rotate_max": Field("number", minimum=0.0, maximum=45.0),
     "data.gamma_max": Field("number", minimum=1.0, maximum=10.0),
     "data.cutblur": Field("number", minimum=0.0, maximum=1.0),
+    "data.mix_fraction": Field("number", minimum=0.0, below=1.0),
     "optim.lr": Field("number", minimum=0.0),
     "optim.weight_decay": Field("number", minimum=0.0),
     "optim.batch_size": Field("int", minimum=1),
@@ -266,6 +271,13 @@ def _validate(config: dict[str, Any]) -> None:
     if data["crop"] % task["factor"]:
         raise ConfigError(f"data.crop must be an integer >= 8 divisible by task.factor {task['factor']}, "
                           f"got {data['crop']!r}")
+    if data["mix_images"] is not None and not isinstance(data["mix_images"], str):
+        raise ConfigError(f"data.mix_images must be 'skimage' or a path, got {data['mix_images']!r}")
+    if bool(data["mix_images"]) != bool(data["mix_fraction"]):
+        raise ConfigError("data.mix_images and data.mix_fraction go together: images to mix in and the share "
+                          f"of draws they make (got {data['mix_images']!r} and {data['mix_fraction']!r})")
+    if data["mix_images"] and data["kind"] != "volumes":
+        raise ConfigError("data.mix_images mixes natural images into volumes' planes (data.kind: volumes)")
     if not data["datalist"] and not data["glob"]:
         raise ConfigError("the config needs data.datalist (decathlon JSON) or data.glob")
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mrisr.data import ImageBank, PairBatches, PairCropper, PlaneBank, read_datalist, step_seed
+from mrisr.data import (ImageBank, PairBatches, PairCropper, PlaneBank, mix_image_files, mix_images, read_datalist,
+                        step_seed)
 from mrisr.devices import resolve_device, resolve_precision
 from mrisr.diffusion import PartialDiffusionInferer
 from mrisr.errors import ConfigError, MrisrError
@@ -115,6 +116,14 @@ class Trainer:
             val_kind = "through" if task["pairs"] == "selfsup" and any(e.plane in ("cor", "sag") for e in val_entries) \
                 else task["pairs"]
             self.val_bank = PlaneBank(val_entries, val_kind, norm["lower"], norm["upper"], skip_bad)
+            if data["mix_images"]:
+                files = mix_image_files(data["mix_images"], config.get("config_dir", "."))
+                planes, sources = mix_images(files, len(self.train_bank), float(data["mix_fraction"]))
+                logger.info("mixing %d natural images (%d planes) into %d training planes: %.1f %% of draws",
+                            len(files), len(planes), len(self.train_bank), 100.0 * len(planes)
+                            / (len(planes) + len(self.train_bank)))
+                self.train_bank.planes += planes
+                self.train_bank.sources += sources
         # what the model serves, stored in its file: the low-resolution input spacing it was trained
         # for (warned about when an input is far outside) and the sampler mrisr upsample defaults to
         if self.train_bank.degraded_spacings:
