@@ -169,3 +169,55 @@ def test_zonal_eval_refuses_two_segmenter_folders_of_one_name_in_one_line(tmp_pa
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "distinct names" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_series_statistics_closed_forms(tmp_path):
+    """A wave above the x4 input's band puts all of a plane's power above it, one below puts none
+    there; a wave along one axis has no diagonal Haar detail, so no noise; white noise puts 15/16 of
+    its power above the band, all of it noise; main reports the same per series."""
+    from mrisr.io import Volume, save_volume
+
+    stats = _pipeline("series_statistics")
+    y = np.arange(64)[:, None] * np.ones((1, 48))
+    high, low = np.cos(2 * np.pi * 0.25 * y), np.cos(2 * np.pi * 0.0625 * y)
+    assert stats.plane_statistics(high, 4)["power"] == pytest.approx(0.5)  # a unit wave's mean square
+    assert stats.plane_statistics(high, 4)["above"] == pytest.approx(0.5)
+    assert stats.plane_statistics(low, 4)["above"] == pytest.approx(0.0, abs=1e-12)
+    assert stats.plane_statistics(high, 4)["noise_above"] == pytest.approx(0.0, abs=1e-12)
+    noise = np.random.default_rng(3).standard_normal((256, 256))
+    s = stats.plane_statistics(noise, 4)
+    assert s["above"] / s["power"] == pytest.approx(15 / 16, abs=0.01)
+    assert s["noise_above"] / s["above"] == pytest.approx(1.0, abs=0.05)
+
+    data = np.stack([100 + 50 * high, 100 + 50 * low], axis=2).astype(np.float32)
+    image = tmp_path / "waves.nii.gz"
+    save_volume(Volume(data, make_affine(spacing=(0.5, 0.5, 3.0))), image)
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps({"training": [{"image": str(image)}], "validation": []}))
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert stats.main(["--datalist", str(datalist), "--out", str(tmp_path / "out")]) == 0
+    assert "| training | waves.nii.gz | 0.5 x 0.5 x 3 |" in out.getvalue()
+    (series,) = json.loads((tmp_path / "out" / "series_statistics.json").read_text())["series"]
+    assert series["share_above"] == pytest.approx(0.5)  # one plane of two holds all its power above
+    assert series["noise_share_of_above"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_series_statistics_bad_input_is_one_line_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "series_statistics.py"), "--datalist",
+                           str(tmp_path / "missing.json")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "datalist not found" in proc.stderr
+
+
+@needs_prostatex
+def test_series_statistics_lists_the_acquisitions_of_real_dicom():
+    """The held-out patient's series come from another scanner than the training patients'."""
+    from conftest import prostatex_dicom
+
+    stats = _pipeline("series_statistics")
+    (tra,) = stats.dicom_acquisitions(prostatex_dicom("ProstateX-0218", 5))
+    assert tra["patient"] == "ProstateX-0218" and tra["series"] == "5" and tra["slices"] == 20
+    assert tra["ManufacturerModelName"] == "TrioTim" and tra["PixelSpacing"] == [0.625, 0.625]
+    assert tra["AcquisitionMatrix"] == [320.0, 0.0, 0.0, 310.0] and tra["PercentSampling"] == 97.0
+    (train,) = stats.dicom_acquisitions(prostatex_dicom("ProstateX-0000", 4))
+    assert train["ManufacturerModelName"] == "Skyra" and train["Rows"] == 384 and train["PixelSpacing"] == [0.5, 0.5]
