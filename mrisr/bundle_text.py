@@ -134,7 +134,8 @@ TorchScript: {scripted}
 {metadata['intended_use']} Two training patients, both from one scanner model: expect less on other
 scanners and contrasts (the validation patient is from another scanner model; one-patient models of
 this recipe gained +1.9 to +2.2 dB over bicubic in-plane x4 on an unseen patient of the training
-scanner and +1.3 dB on it, mrisr's docs/ablations.md); fine-tune on your own data (above).
+scanner and +1.3 dB on the validation patient, mrisr's docs/ablations.md); fine-tune on your own
+data (above).
 
 ## Licence
 
