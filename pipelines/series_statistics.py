@@ -79,7 +79,7 @@ def _plain(value: Any) -> Any:
     """A header value as JSON: None, a number, a list of numbers or a string."""
     if value is None or isinstance(value, (int, str)):
         return value
-    if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, bytes):
+    if hasattr(value, "__iter__") and not isinstance(value, bytes):  # lists and pydicom's MultiValue
         return [float(v) for v in value]
     try:
         return float(value)
